@@ -1,3 +1,77 @@
-"""pytest hooks of pytest-testengine (entry point ``testengine``)."""
+"""pytest hooks of pytest-testengine (entry point ``testengine``; ``-p no:testengine`` turns
+it off).
+
+The settings are resolved once, in ``pytest_configure``, and kept in ``config.stash``.  Only
+when recording is on (``--testengine`` or ``--testengine-output``) does the plugin register its
+objects (see :mod:`pytest_testengine.recording`); otherwise it costs nothing: no thread, no
+socket, no per-test hook.  With pytest-xdist, workers only tag their reports and the controller
+records and sends every result once.
+"""
 
 from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import pytest
+
+from pytest_testengine import hookspecs, options
+from pytest_testengine.ci import detect
+from pytest_testengine.config import ConfigError, Settings, resolve
+from pytest_testengine.recording import FIXTURE_TAGS, Recorder, Tagger
+from pytest_testengine.tags import MARKER_HELP
+
+SETTINGS = pytest.StashKey[Settings]()
+RECORDER = pytest.StashKey[Recorder]()
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.add_hookspecs(hookspecs)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("testengine", "test results streaming (pytest-testengine)")
+    options.add_options(group, parser)
+
+
+def settings_of(config: pytest.Config) -> Settings:
+    """Resolve the settings of this session from its command line, environment and ini."""
+    cli = {opt.name: getattr(config.option, opt.dest, None) for opt in options.OPTIONS}
+    ini = {opt.ini: config.getini(opt.ini) for opt in options.OPTIONS if opt.ini}
+    return resolve(cli, os.environ, ini, detect(os.environ))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", MARKER_HELP)
+    try:
+        settings = settings_of(config)
+    except ConfigError as exc:
+        if config.option.help:
+            return
+        raise pytest.UsageError(str(exc)) from None
+    config.stash[SETTINGS] = settings
+    if not settings.active or config.option.collectonly:
+        return
+    config.pluginmanager.register(Tagger(), "testengine-tagger")
+    if not hasattr(config, "workerinput"):  # not an xdist worker: results are sent from here
+        recorder = Recorder(config, settings)
+        config.stash[RECORDER] = recorder
+        config.pluginmanager.register(recorder, "testengine-recorder")
+
+
+@pytest.fixture
+def testengine_tags(request: pytest.FixtureRequest) -> Callable[..., None]:
+    """Add tags to the result of the current test, at run time.
+
+    ``testengine_tags(team="api")`` or ``testengine_tags("team", "api")``; values are
+    converted with ``str()``.  These win over marker and hook tags of the same key.
+    """
+    node = request.node
+    tags = node.stash.setdefault(FIXTURE_TAGS, {})
+
+    def add(key: str | None = None, value: object = None, /, **more: object) -> None:
+        if key is not None:
+            tags[str(key)] = str(value)
+        tags.update({k: str(v) for k, v in more.items()})
+
+    return add

@@ -1,0 +1,220 @@
+"""pytest reports -> result dicts of the wire format (``model.result_to_dict`` shape).
+
+:class:`Assembler` joins the setup, call and teardown reports of one test execution into one
+result, the moment the teardown report arrives, and maps a failed or skipped collection report
+to a result of its own.  It reads only report attributes (which pytest-xdist serialises), so it
+works the same on the xdist controller and in a plain run, and is tested with plain objects.
+Results are plain dicts: they are built once per test and encoded in the sender thread.
+
+Outcome rules, matching pytest's own counting:
+
+- setup failed -> ``error`` (``when="setup"``); setup skipped -> ``skipped`` or ``xfailed``;
+- call passed -> ``passed`` or ``xpassed``; failed -> ``failed``; skipped -> ``skipped`` or
+  ``xfailed``;
+- teardown failed after a passing test -> ``error`` (``when="teardown"``);
+- a failed attempt that pytest-rerunfailures reruns (outcome ``rerun``) -> ``failed``/``error``,
+  and the next execution of the same test gets ``attempt`` + 1.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from pytest_testengine.model import new_id
+from pytest_testengine.tags import REPORT_ATTR, Limits, limit_tags
+
+_SKIP_PREFIX: Final = "Skipped: "
+
+
+def split_nodeid(nodeid: str) -> tuple[str, str, str, str | None]:
+    """``"t/test_a.py::TestX::test_y[1-a]"`` -> (file, scope, name, params)."""
+    params = None
+    base = nodeid
+    first = nodeid.find("::")  # the file part ends here; parameter ids may contain "::"
+    if first >= 0 and nodeid.endswith("]"):
+        cut = nodeid.find("[", first)
+        if cut > 0:
+            base, params = nodeid[:cut], nodeid[cut + 1 : -1]
+    parts = base.split("::")
+    name = parts[-1] if len(parts) > 1 else parts[0].rsplit("/", 1)[-1]
+    return parts[0], "::".join(parts[1:-1]), name, params
+
+
+def truncate(text: str, limit: int) -> str:
+    """``text`` at most ``limit`` characters, keeping its start and its end (where the
+    exception is) around a marker that says how much was cut."""
+    if len(text) <= limit:
+        return text
+    marker = f"\n... [{len(text) - limit} characters truncated] ...\n"
+    if limit <= len(marker) + 2:
+        return text[:limit]
+    keep = limit - len(marker)
+    head = keep // 2
+    return text[:head] + marker + text[len(text) - (keep - head) :]
+
+
+def _failure_text(report: Any) -> str:
+    try:
+        text = str(report.longreprtext)
+    except Exception:  # a third-party longrepr that fails to render
+        text = str(report.longrepr)
+    return text.strip() or "failed"
+
+
+def _skip_reason(report: Any) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple | list) and len(longrepr) == 3:
+        reason = str(longrepr[2])
+    else:
+        reason = _failure_text(report)
+    return reason.removeprefix(_SKIP_PREFIX)
+
+
+def _xfail_reason(report: Any) -> str:
+    reason = str(getattr(report, "wasxfail", "") or "")
+    return reason.removeprefix("reason: ") or "xfail"
+
+
+def _phase_outcome(report: Any) -> tuple[str, str | None]:
+    """(outcome, message) decided by one report, or ("passed", None)."""
+    outcome = report.outcome
+    xfail = hasattr(report, "wasxfail")
+    if outcome == "passed":
+        return ("xpassed", _xfail_reason(report)) if xfail else ("passed", None)
+    if outcome == "skipped":
+        return ("xfailed", _xfail_reason(report)) if xfail else ("skipped", _skip_reason(report))
+    # "failed", or "rerun" from pytest-rerunfailures
+    return ("error" if report.when != "call" else "failed"), _failure_text(report)
+
+
+class Assembler:
+    """Turns reports into result dicts; one instance per session (holds open executions)."""
+
+    def __init__(self, *, message_limit: int = 4096, limits: Limits | None = None) -> None:
+        self.message_limit = message_limit
+        self.limits = limits or Limits()
+        self._open: dict[tuple[str | None, str], dict[str, Any]] = {}
+        self._reruns: dict[str, int] = {}  # only tests that were rerun
+        #: Notes about tags left out, at most a few (with the count of all of them).
+        self.tag_notes: list[str] = []
+        self.tag_note_count = 0
+
+    def test_report(self, report: Any) -> dict[str, Any] | None:
+        """Take one phase report; return the finished result on the teardown report."""
+        nodeid: str = report.nodeid
+        worker: str | None = getattr(report, "worker_id", None)
+        key = (worker, nodeid)
+        when: str = report.when
+        last = when == "teardown"
+        if when not in ("setup", "call", "teardown"):  # e.g. xdist's report of a crashed worker
+            when, last = "call", True
+        result = self._open.get(key)
+        if result is None:
+            result = self._start(report, nodeid, worker)
+            self._open[key] = result
+        result[when] = report.duration
+        if report.outcome != "passed" or hasattr(report, "wasxfail"):
+            self._apply(result, report, when)
+        if not last:
+            return None
+        del self._open[key]
+        return self._finish(result, report)
+
+    def unfinished(self) -> list[dict[str, Any]]:
+        """Executions that never got their teardown report (an interrupted run), finished
+        with what is known."""
+        results = [self._finish(result, None) for result in self._open.values()]
+        self._open.clear()
+        return results
+
+    def _finish(self, result: dict[str, Any], report: Any) -> dict[str, Any]:
+        nodeid = result["nodeid"]
+        result["duration"] = duration = result["setup"] + result["call"] + result["teardown"]
+        result["stop"] = getattr(report, "stop", 0.0) or result["start"] + duration
+        tags = getattr(report, REPORT_ATTR, None)
+        if tags:
+            result["tags"] = self._limit(nodeid, tags)
+        if result.pop("_rerun", False):
+            self._reruns[nodeid] = self._reruns.get(nodeid, 0) + 1
+        return result
+
+    def collect_report(self, report: Any) -> dict[str, Any] | None:
+        """A result for a failed or skipped collection (pytest counts those), else None."""
+        if report.outcome == "passed":
+            return None
+        nodeid: str = report.nodeid or "."
+        file, scope, name, params = split_nodeid(nodeid)
+        if report.outcome == "skipped":
+            outcome, message = "skipped", _skip_reason(report)
+        else:
+            outcome, message = "error", _failure_text(report)
+        return {
+            "id": new_id(),
+            "nodeid": nodeid,
+            "file": file,
+            "name": name,
+            "outcome": outcome,
+            "line": None,
+            "scope": scope,
+            "params": params,
+            "when": "collect",
+            "setup": 0.0,
+            "call": 0.0,
+            "teardown": 0.0,
+            "duration": 0.0,
+            "start": getattr(report, "start", 0.0),
+            "stop": getattr(report, "stop", 0.0),
+            "message": truncate(message, self.message_limit),
+            "worker": getattr(report, "worker_id", None),
+            "attempt": 1,
+            "tags": {},
+        }
+
+    def _start(self, report: Any, nodeid: str, worker: str | None) -> dict[str, Any]:
+        file, scope, name, params = split_nodeid(nodeid)
+        location = report.location
+        line = location[1] if location else None
+        return {
+            "id": new_id(),
+            "nodeid": nodeid,
+            "file": location[0] if location else file,
+            "name": name,
+            "outcome": "passed",
+            "line": line + 1 if isinstance(line, int) else None,
+            "scope": scope,
+            "params": params,
+            "when": None,
+            "setup": 0.0,
+            "call": 0.0,
+            "teardown": 0.0,
+            "duration": 0.0,
+            "start": getattr(report, "start", 0.0),
+            "stop": 0.0,
+            "message": None,
+            "worker": worker,
+            "attempt": self._reruns.get(nodeid, 0) + 1,
+            "tags": {},
+        }
+
+    def _apply(self, result: dict[str, Any], report: Any, when: str) -> None:
+        outcome, message = _phase_outcome(report)
+        if report.outcome == "rerun":
+            result["_rerun"] = True
+        if when == "teardown":
+            if outcome != "error" or result["outcome"] in ("failed", "error"):
+                return  # the call's verdict stands; pytest reports the teardown error too
+        elif outcome == "passed":
+            return
+        result["outcome"] = outcome
+        result["when"] = when
+        if message is not None:
+            result["message"] = truncate(message, self.message_limit)
+
+    def _limit(self, nodeid: str, tags: Any) -> dict[str, str]:
+        clean = {str(k): str(v) for k, v in dict(tags).items()}
+        kept, note = limit_tags(clean, self.limits)
+        if note is not None:
+            self.tag_note_count += 1
+            if len(self.tag_notes) < 3:
+                self.tag_notes.append(f"{nodeid}: {note}")
+        return kept

@@ -1,0 +1,249 @@
+"""The plugin objects registered when recording is on (see ``plugin.pytest_configure``).
+
+- :class:`Tagger` runs wherever tests run (the main process or each xdist worker): it puts the
+  test's tags on its teardown report, which xdist serialises to the controller.
+- :class:`Recorder` runs where results are sent from (the main process or the xdist
+  controller, never a worker): it turns reports into results, hands them to the
+  :class:`~pytest_testengine.sender.Sender`, and prints one summary line at the end.
+
+Neither lets an exception escape into pytest: a problem of the plugin becomes part of the
+summary line, and pytest's exit status stays pytest's own.
+"""
+
+from __future__ import annotations
+
+import platform
+import shlex
+import sys
+from collections.abc import Generator, Mapping
+from pathlib import Path
+from typing import Any, Final
+
+import pytest
+
+from pytest_testengine import __version__
+from pytest_testengine.capture import Assembler
+from pytest_testengine.config import Settings
+from pytest_testengine.model import new_id
+from pytest_testengine.output import OutputFile
+from pytest_testengine.sender import Policy, Sender, Summary
+from pytest_testengine.spool import Spool
+from pytest_testengine.tags import (
+    MARKER,
+    REPORT_ATTR,
+    Limits,
+    default_tags,
+    limit_tags,
+    marker_tags,
+)
+from pytest_testengine.transport import Transport
+
+#: Tags added at run time by the ``testengine_tags`` fixture.
+FIXTURE_TAGS: Final = pytest.StashKey[dict[str, str]]()
+
+PREFIX: Final = "[testengine]"
+
+
+def gather_tags(item: pytest.Item) -> dict[str, str]:
+    """Markers, then the ``pytest_testengine_tags`` hook, then the fixture (highest)."""
+    tags = marker_tags(item.iter_markers(MARKER))
+    for found in item.ihook.pytest_testengine_tags(item=item):
+        if isinstance(found, Mapping):
+            tags.update({str(k): str(v) for k, v in found.items()})
+    fixture_tags = item.stash.get(FIXTURE_TAGS, None)
+    if fixture_tags:
+        tags.update(fixture_tags)
+    return tags
+
+
+class Tagger:
+    """Attaches each test's tags to its teardown report."""
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        report = yield
+        if call.when == "teardown":
+            try:
+                tags = gather_tags(item)
+            except Exception as exc:  # a broken hook implementation must not break the run
+                tags = {"testengine.error": f"tags: {type(exc).__name__}: {exc}"[:200]}
+            if tags:
+                setattr(report, REPORT_ATTR, tags)
+        return report
+
+
+def run_info(settings: Settings, *, pytest_version: str) -> dict[str, Any]:
+    """The run context of this session (the ``run`` object of the wire format)."""
+    ci = settings.ci
+    extra = settings.extra
+    run_tags = default_tags(
+        ci_provider=ci.provider, pytest_version=pytest_version, plugin_version=__version__
+    )
+    run_tags.update(settings.tags)
+    kept, _ = limit_tags(run_tags, Limits(settings.max_tags, settings.max_tag_length))
+    shard_index = extra.get("split_index", ci.shard_index)
+    shard_total = extra.get("split_total", ci.shard_total)
+    return {
+        "run_id": new_id(),
+        "suite": settings.suite,
+        "build_id": settings.build_id,
+        "job_id": settings.job_id,
+        "branch": settings.branch,
+        "commit": settings.commit,
+        "pull_request": settings.pull_request,
+        "build_url": settings.build_url,
+        "ci_provider": ci.provider,
+        "shard_index": shard_index,
+        "shard_total": shard_total,
+        "plan_id": None,
+        "python_version": "{}.{}.{}".format(*sys.version_info[:3]),
+        "os": sys.platform,
+        "arch": platform.machine().lower(),
+        "pytest_version": pytest_version,
+        "plugin_version": __version__,
+        "tags": kept,
+    }
+
+
+def _plural(n: int) -> str:
+    return f"{n} result" if n == 1 else f"{n} results"
+
+
+def summary_line(summary: Summary, tag_notes: list[str], tag_note_count: int) -> str:
+    """The one line printed at the end of the run."""
+    parts: list[str] = []
+    if summary.url is not None:
+        parts.append(f"sent {_plural(summary.sent)} to {summary.url}")
+    if summary.output is not None:
+        parts.append(f"wrote {_plural(summary.written)} to {summary.output}")
+    parts.extend(summary.problems)
+    if summary.spooled:
+        command = f"testengine upload --spool {shlex.quote(str(summary.spool_dir))}"
+        if summary.url is not None:
+            command += f" --url {shlex.quote(summary.url)}"
+        parts.append(
+            f"spooled {_plural(summary.spooled)} to {summary.spool_dir}; send them with: {command}"
+        )
+    if summary.dropped:
+        parts.append(f"dropped {_plural(summary.dropped)}")
+    if tag_note_count:
+        tests = "1 test" if tag_note_count == 1 else f"{tag_note_count} tests"
+        parts.append(f"tags left out for {tests} ({'; '.join(tag_notes)})")
+    return f"{PREFIX} " + "; ".join(parts)
+
+
+class Recorder:
+    """Records every result of the session and delivers it."""
+
+    def __init__(self, config: pytest.Config, settings: Settings) -> None:
+        self.config = config
+        self.settings = settings
+        self.assembler = Assembler(
+            message_limit=settings.message_limit,
+            limits=Limits(settings.max_tags, settings.max_tag_length),
+        )
+        self.sender: Sender | None = None
+        self.run: dict[str, Any] = {}
+        self.line: str | None = None
+        self.errors: list[str] = []
+        self._printed = False
+
+    def _path(self, value: str) -> Path:
+        return self.config.invocation_params.dir / value
+
+    def start(self) -> None:
+        settings = self.settings
+        self.run = run_info(settings, pytest_version=pytest.__version__)
+        spool_dir = (
+            self._path(settings.spool_dir)
+            if settings.spool_dir
+            else self.config.rootpath / ".testengine" / "spool"
+        )
+        poster = None
+        if settings.enabled:
+            poster = Transport(
+                settings.url,
+                token=settings.token,
+                timeout=settings.timeout,
+                compress=settings.compress,
+            )
+        output = OutputFile(self._path(settings.output), self.run) if settings.output else None
+        policy = Policy(
+            batch_size=settings.batch_size,
+            batch_age=settings.batch_age,
+            queue_size=max(settings.queue_size, settings.batch_size),
+            flush_deadline=settings.flush_deadline,
+            retry_budget=max(settings.flush_deadline, 1.0),
+        )
+        self.sender = Sender(
+            run=self.run, poster=poster, spool=Spool(spool_dir), output=output, policy=policy
+        )
+        self.sender.start()
+
+    def _failed(self, exc: Exception) -> None:
+        text = f"internal error of the plugin ({type(exc).__name__}: {exc})"
+        if text not in self.errors and len(self.errors) < 3:
+            self.errors.append(text)
+
+    # -- hooks ------------------------------------------------------------------------------
+
+    def pytest_sessionstart(self) -> None:
+        try:
+            self.start()
+        except Exception as exc:
+            self._failed(exc)
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        try:
+            result = self.assembler.test_report(report)
+            if result is not None and self.sender is not None:
+                self.sender.submit(result)
+        except Exception as exc:
+            self._failed(exc)
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        try:
+            result = self.assembler.collect_report(report)
+            if result is not None and self.sender is not None:
+                self.sender.submit(result)
+        except Exception as exc:
+            self._failed(exc)
+
+    def pytest_sessionfinish(self) -> None:
+        self.finish()
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        self.print_summary(terminalreporter.write_line)
+
+    def pytest_unconfigure(self) -> None:
+        self.finish()  # when the session ended before pytest_sessionfinish
+        self.print_summary(lambda line: print(line, file=sys.stderr))
+
+    # -- end of the run ---------------------------------------------------------------------
+
+    def finish(self) -> None:
+        """Flush and close the sender (at most the flush deadline) and compose the summary."""
+        sender, self.sender = self.sender, None
+        if sender is None:
+            if self.errors and self.line is None:
+                self.line = f"{PREFIX} " + "; ".join(self.errors)
+            return
+        summary = Summary()
+        try:
+            for result in self.assembler.unfinished():
+                sender.submit(result)
+        except Exception as exc:
+            self._failed(exc)
+        try:
+            summary = sender.close()
+        except Exception as exc:
+            self._failed(exc)
+        summary.problems[:0] = self.errors
+        self.line = summary_line(summary, self.assembler.tag_notes, self.assembler.tag_note_count)
+
+    def print_summary(self, write_line: Any) -> None:
+        if self.line is not None and not self._printed:
+            self._printed = True
+            write_line(self.line)

@@ -1,0 +1,388 @@
+"""Background delivery of results: batching, retries, the flush deadline, the spool.
+
+The pytest hooks call :meth:`Sender.submit` with a result dict: an append to a deque, nothing
+else.  One daemon thread drains the deque into a :class:`Batcher` (by count and by age, on an
+injected :class:`Clock`), encodes each batch with orjson, writes it to the output file if there
+is one, and posts it through the transport, retrying transient failures with jittered
+exponential backoff (tenacity), honouring ``Retry-After``, never past the deadline.
+
+Memory is bounded: when more than ``queue_size`` results wait, the oldest batch is written to
+the spool instead of growing the queue, and batches are dropped once they are delivered.
+:meth:`Sender.close` flushes for at most ``flush_deadline`` seconds; whatever is left goes to
+the spool.  Every result ends up counted once: sent, spooled or dropped.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
+
+import orjson
+from tenacity import RetryCallState, Retrying, retry_if_result, wait_random_exponential
+
+from pytest_testengine.model import SCHEMA_VERSION
+from pytest_testengine.output import OutputFile
+from pytest_testengine.spool import Spool
+from pytest_testengine.transport import Answer, Delivered, Retry
+
+#: Extra time close() gives the thread to write the spool after the deadline.
+CLOSE_GRACE: Final = 2.0
+
+
+class Clock(Protocol):
+    def now(self) -> float: ...
+
+
+class MonotonicClock:
+    def now(self) -> float:
+        return time.monotonic()
+
+
+class Poster(Protocol):
+    url: str
+
+    def post(self, body: bytes, *, timeout: float | None = None) -> Answer: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    batch_size: int = 500
+    batch_age: float = 2.0  # seconds a partial batch may wait
+    queue_size: int = 20000  # results waiting in memory before spilling to the spool
+    flush_deadline: float = 5.0  # seconds close() may take
+    retry_budget: float = 5.0  # seconds one batch may spend retrying during the run
+    backoff: float = 0.2  # first backoff (seconds), doubled per attempt, with full jitter
+    max_backoff: float = 5.0
+
+
+class Batcher:
+    """Groups items into batches of ``size``, or fewer once the oldest is ``max_age`` old."""
+
+    def __init__(self, size: int, max_age: float, clock: Clock) -> None:
+        self.size = size
+        self.max_age = max_age
+        self.clock = clock
+        self._items: list[Any] = []
+        self._since = 0.0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add(self, item: Any) -> list[Any] | None:
+        """Add one item; return a full batch when this one completes it."""
+        if not self._items:
+            self._since = self.clock.now()
+        self._items.append(item)
+        return self.take() if len(self._items) >= self.size else None
+
+    def due(self) -> list[Any] | None:
+        """The partial batch if its oldest item reached ``max_age``, else None."""
+        if self._items and self.clock.now() - self._since >= self.max_age:
+            return self.take()
+        return None
+
+    def wait_time(self) -> float | None:
+        """Seconds until the partial batch is due; None when empty."""
+        if not self._items:
+            return None
+        return max(0.0, self._since + self.max_age - self.clock.now())
+
+    def take(self) -> list[Any]:
+        items, self._items = self._items, []
+        return items
+
+
+class _Schedule:
+    """tenacity wait/stop: backoff or Retry-After, and no sleep that would pass the deadline."""
+
+    def __init__(
+        self, clock: Clock, deadline: Callable[[], float], policy: Policy, single: bool
+    ) -> None:
+        self.clock = clock
+        self.deadline = deadline
+        self.single = single
+        self.jitter = wait_random_exponential(multiplier=policy.backoff, max=policy.max_backoff)
+        self.upcoming = 0.0
+
+    def wait(self, state: RetryCallState) -> float:
+        answer = state.outcome.result() if state.outcome else None
+        if isinstance(answer, Retry) and answer.retry_after is not None:
+            self.upcoming = answer.retry_after
+        else:
+            self.upcoming = float(self.jitter(state))
+        return self.upcoming
+
+    def stop(self, state: RetryCallState) -> bool:
+        return self.single or self.clock.now() + self.upcoming >= self.deadline()
+
+
+def deliver(
+    poster: Poster,
+    body: bytes,
+    *,
+    deadline: Callable[[], float],
+    policy: Policy,
+    clock: Clock,
+    sleep: Callable[[float], None] = time.sleep,
+    single: bool = False,
+) -> Answer:
+    """Post ``body`` until delivered, rejected, or the next try would pass ``deadline()``
+    (a time on ``clock``); ``single`` makes one attempt only.  Returns the last answer."""
+    schedule = _Schedule(clock, deadline, policy, single)
+
+    def attempt() -> Answer:
+        return poster.post(body, timeout=max(0.05, deadline() - clock.now()))
+
+    retrying = Retrying(
+        retry=retry_if_result(lambda answer: isinstance(answer, Retry)),
+        wait=schedule.wait,
+        stop=schedule.stop,
+        sleep=sleep,
+        retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
+    )
+    answer: Answer = retrying(attempt)
+    return answer
+
+
+@dataclass(slots=True)
+class Summary:
+    """What happened to the results of a run."""
+
+    url: str | None = None
+    submitted: int = 0
+    sent: int = 0
+    spooled: int = 0
+    dropped: int = 0
+    written: int = 0  # to the output file
+    spool_dir: str | None = None
+    output: str | None = None
+    problems: list[str] = field(default_factory=list)  # first of each kind, in order
+
+
+class Sender:
+    """Delivers submitted results from a background thread."""
+
+    def __init__(
+        self,
+        *,
+        run: Mapping[str, Any],
+        poster: Poster | None,
+        spool: Spool,
+        output: OutputFile | None = None,
+        policy: Policy | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.policy = policy = policy or Policy()
+        self.clock: Clock = clock or MonotonicClock()
+        self.summary = Summary(
+            url=poster.url if poster else None,
+            spool_dir=str(spool.directory),
+            output=str(output.path) if output else None,
+        )
+        self._poster = poster
+        self._spool = spool
+        self._output = output
+        self._head = b'{"schema":%d,"run":%s,"results":' % (SCHEMA_VERSION, orjson.dumps(run))
+        self._pending: deque[dict[str, Any]] = deque()
+        self._batcher = Batcher(policy.batch_size, policy.batch_age, self.clock)
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._interrupt = threading.Event()
+        self._closing = False
+        self._deadline = math.inf
+        self._down = False  # the last batch could not be delivered
+        self._give_up = False  # send nothing more: spool the rest
+        self._thread: threading.Thread | None = None
+
+    # -- the pytest side (main thread) ----------------------------------------------------
+
+    def start(self) -> None:
+        if self._output is not None:
+            try:
+                self._output.open()
+            except OSError as exc:
+                self._problem(f"could not write {self._output.path} ({exc})")
+                self._output = None
+        self._thread = threading.Thread(target=self._loop, name="testengine-sender", daemon=True)
+        self._thread.start()
+
+    def submit(self, result: dict[str, Any]) -> None:
+        """Queue one result (cheap: called from the pytest hooks)."""
+        self.summary.submitted += 1
+        pending = self._pending
+        pending.append(result)
+        if len(pending) >= self.policy.batch_size:
+            if len(pending) >= self.policy.queue_size:
+                self._spill()
+            if not self._wake.is_set():
+                self._wake.set()
+
+    def close(self) -> Summary:
+        """Flush for at most the flush deadline, spool the rest, stop the thread."""
+        thread = self._thread
+        if thread is not None:
+            self._deadline = self.clock.now() + self.policy.flush_deadline
+            self._closing = True
+            self._wake.set()
+            self._interrupt.set()
+            thread.join(self.policy.flush_deadline + CLOSE_GRACE)
+            if thread.is_alive():
+                self._problem("the sender did not finish in time")
+        alive = thread is not None and thread.is_alive()
+        self._give_up = True  # from here on, whatever is left goes to the spool
+        rest = [] if alive else self._batcher.take()
+        while self._pending:
+            rest.append(self._pending.popleft())
+        for start in range(0, len(rest), self.policy.batch_size):
+            self._ship(rest[start : start + self.policy.batch_size])
+        if not alive and self._poster is not None:
+            self._poster.close()
+        if self._output is not None:
+            self._output.close()
+            self.summary.written = self._output.written
+        return self.summary
+
+    # -- the sender thread ------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        try:
+            while not self._closing:
+                self._drain()
+                batch = self._batcher.due()
+                if batch:
+                    self._ship(batch)
+                    continue
+                wait = self._batcher.wait_time()
+                self._wake.wait(self.policy.batch_age if wait is None else wait)
+                self._wake.clear()
+            self._drain()
+            rest = self._batcher.take()
+            if rest:
+                self._ship(rest)
+        except Exception as exc:  # never let the thread die silently
+            self._problem(f"internal error in the sender: {type(exc).__name__}: {exc}")
+
+    def _drain(self) -> None:
+        pending, add = self._pending, self._batcher.add
+        while pending:
+            try:
+                item = pending.popleft()
+            except IndexError:  # taken by a spill meanwhile
+                return
+            full = add(item)
+            if full:
+                self._ship(full)
+
+    def _sleep(self, seconds: float) -> None:
+        if self._interrupt.wait(seconds):
+            self._interrupt.clear()
+
+    def _encode(self, results: list[dict[str, Any]]) -> bytes:
+        return self._head + orjson.dumps(results) + b"}"
+
+    def _ship(self, batch: list[dict[str, Any]]) -> None:
+        if self._output is not None:
+            try:
+                self._output.write(batch)
+            except OSError as exc:
+                self._problem(f"could not write {self._output.path} ({exc})")
+        if self._poster is None:
+            return
+        body = self._encode(batch)
+        if self._give_up or (self._closing and self.clock.now() >= self._deadline):
+            self._to_spool(body, batch)
+            return
+        started = self.clock.now()
+
+        def deadline() -> float:
+            if self._closing:
+                return min(self._deadline, started + self.policy.retry_budget)
+            return started + self.policy.retry_budget
+
+        answer = deliver(
+            self._poster,
+            body,
+            deadline=deadline,
+            policy=self.policy,
+            clock=self.clock,
+            sleep=self._sleep,
+            single=self._down,
+        )
+        if isinstance(answer, Delivered):
+            self._down = False
+            self._count("sent", len(batch))
+        elif isinstance(answer, Retry):
+            self._down = True
+            self._give_up = self._give_up or self._closing
+            self._problem(answer.reason)
+            self._to_spool(body, batch)
+        elif answer.status == 413 and len(batch) > 1:
+            half = len(batch) // 2
+            self._ship_split(batch[:half], batch[half:])
+        elif answer.keep:
+            self._give_up = True
+            self._problem(answer.reason)
+            self._to_spool(body, batch)
+        else:
+            self._problem(answer.reason)
+            self._count("dropped", len(batch))
+
+    def _ship_split(self, first: list[dict[str, Any]], second: list[dict[str, Any]]) -> None:
+        output, self._output = self._output, None  # already written
+        try:
+            self._ship(first)
+            self._ship(second)
+        finally:
+            self._output = output
+
+    # -- shared -----------------------------------------------------------------------------
+
+    def _spill(self) -> None:
+        """Move the oldest waiting batch to the spool (the queue is full)."""
+        batch: list[dict[str, Any]] = []
+        pending = self._pending
+        for _ in range(self.policy.batch_size):
+            try:
+                batch.append(pending.popleft())
+            except IndexError:
+                break
+        if not batch:
+            return
+        if self._output is not None:
+            try:
+                self._output.write(batch)
+            except OSError as exc:
+                self._problem(f"could not write {self._output.path} ({exc})")
+        if self._poster is None:
+            return
+        self._problem(
+            f"the queue of results waiting for the collector was full "
+            f"({self.policy.queue_size}, TESTENGINE_QUEUE_SIZE)"
+        )
+        self._to_spool(self._encode(batch), batch)
+
+    def _to_spool(self, body: bytes, batch: list[dict[str, Any]]) -> None:
+        try:
+            self._spool.write(body)
+        except OSError as exc:
+            self._problem(f"could not write the spool directory {self._spool.directory} ({exc})")
+            self._count("dropped", len(batch))
+        else:
+            self._count("spooled", len(batch))
+
+    def _count(self, kind: str, n: int) -> None:
+        with self._lock:
+            setattr(self.summary, kind, getattr(self.summary, kind) + n)
+
+    def _problem(self, text: str) -> None:
+        with self._lock:
+            problems = self.summary.problems
+            if text not in problems and len(problems) < 5:
+                problems.append(text)
