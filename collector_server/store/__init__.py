@@ -1,19 +1,80 @@
 """Stores: where the processor writes results and per-test statistics.
 
 :meth:`Store.write` is idempotent by result id, so a replayed or redelivered record is
-stored once (at-least-once transport, exactly-once data).
+stored once (at-least-once transport, exactly-once data).  A consumer that tracks its position
+in the store passes ``offsets`` (source name -> last applied offset) to :meth:`Store.write`; they
+are saved in the same transaction as the records, and :meth:`Store.offsets` reads them back, so
+a restart resumes exactly where the last commit ended.
+
+Reads are scoped to one tenant and paged: each returns a :class:`Page` whose ``next_cursor``
+(an opaque string, or None on the last page) is passed back as ``cursor``.  A cursor that
+cannot be decoded raises :class:`InvalidCursor`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+import base64
+import binascii
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
 
 from pytest_testengine.model import Record
 
 
+class InvalidCursor(ValueError):
+    """A cursor that this store did not hand out."""
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    items: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+def encode_cursor(kind: str, value: Any) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps([kind, value])).decode("ascii").rstrip("=")
+
+
+def decode_cursor(kind: str, cursor: str) -> Any:
+    """The value of a cursor of ``kind``; raises InvalidCursor for anything else."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        got_kind, value = orjson.loads(raw)
+    except (binascii.Error, ValueError, TypeError) as exc:
+        raise InvalidCursor(f"cursor {cursor[:40]!r} is not valid") from exc
+    if got_kind != kind:
+        raise InvalidCursor(f"cursor {cursor[:40]!r} belongs to another list")
+    return value
+
+
 class Store(Protocol):
-    def write(self, records: Sequence[Record]) -> int:
-        """Store records in one transaction; return how many were new (not duplicates)."""
+    def write(self, records: Sequence[Record], *, offsets: Mapping[str, int] | None = None) -> int:
+        """Store records (and offsets) in one transaction; return how many were new."""
+
+    def offsets(self) -> dict[str, int]:
+        """The offsets saved by :meth:`write`, by source."""
+
+    def suites(self, tenant: str, *, limit: int, cursor: str | None = None) -> Page:
+        """Suites of a tenant, by name."""
+
+    def tests(self, tenant: str, suite: str, *, limit: int, cursor: str | None = None) -> Page:
+        """Per-test statistics of a suite, by node id."""
+
+    def runs(self, tenant: str, suite: str, *, limit: int, cursor: str | None = None) -> Page:
+        """Runs of a suite with counts by outcome, most recent first."""
+
+    def results(
+        self,
+        tenant: str,
+        suite: str,
+        *,
+        run_id: str | None = None,
+        limit: int,
+        cursor: str | None = None,
+    ) -> Page:
+        """Raw results of a suite (or of one run), in the order they were stored."""
 
     def close(self) -> None: ...

@@ -1,0 +1,145 @@
+"""The in-process processor: from the local log to the store.
+
+:class:`LocalProcessor` runs one thread that tails a :class:`~collector_server.sinks.local.LocalLog`
+and writes what it reads to a :class:`~collector_server.store.Store` in batches.  The log offset
+of the last applied entry is saved by the store in the same transaction as the records
+(source ``"local"``), so after a crash or a restart the processor resumes exactly after the last
+commit; records applied twice are harmless anyway (the store deduplicates by result id).
+
+The sink wakes the processor after each durable commit, so a result is queryable a few
+milliseconds after its 202.  :func:`apply` is the same write for records from any other source.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Final
+
+from collector_server.sinks.local import LocalLog, decode_entry
+from collector_server.store import Store
+from pytest_testengine.model import Record
+
+log = logging.getLogger("testengine.collector.processor")
+
+SOURCE: Final = "local"
+READ_ENTRIES: Final = 32  # log entries read per round at most
+IDLE_WAIT: Final = 1.0  # seconds between checks when nobody wakes us
+RETRY_WAIT: Final = 1.0  # seconds before retrying a failed store write
+
+
+def apply(store: Store, records: Sequence[Record], offsets: Mapping[str, int] | None = None) -> int:
+    """Write records (and the consumer offsets they end at); return how many were new."""
+    return store.write(records, offsets=offsets)
+
+
+class LocalProcessor:
+    def __init__(
+        self,
+        log_: LocalLog,
+        store: Store,
+        *,
+        batch_records: int = 5000,
+        source: str = SOURCE,
+        on_applied: Callable[[int, int], None] | None = None,
+    ) -> None:
+        self.log = log_
+        self.store = store
+        self.batch_records = batch_records
+        self.source = source
+        self.on_applied = on_applied
+        self.offset = 0
+        self.error: str | None = None
+        self._wake = threading.Event()
+        self._stopping = False
+        self._progress = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.offset = self.store.offsets().get(self.source, 0)
+        if self.offset > self.log.last_offset:
+            log.warning(
+                "[testengine] the store has applied %s up to offset %d but %s ends at %d: "
+                "the log was replaced; reading it from the start",
+                self.source,
+                self.offset,
+                self.log.path,
+                self.log.last_offset,
+            )
+            self.offset = 0
+        self.log.mark_consumed(self.offset)
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="testengine-processor")
+        self._thread.start()
+
+    def wake(self, _offset: int = 0) -> None:
+        self._wake.set()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stopping = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    @property
+    def lag(self) -> int:
+        """Log entries written but not yet applied."""
+        return max(0, self.log.last_offset - self.offset)
+
+    def status(self) -> dict[str, object]:
+        alive = self._thread is not None and self._thread.is_alive()
+        return {"running": alive, "offset": self.offset, "lag": self.lag, "error": self.error}
+
+    def wait_caught_up(self, timeout: float) -> bool:
+        """Block until every entry written so far is applied (or ``timeout`` seconds pass)."""
+        target = self.log.last_offset
+        deadline = time.monotonic() + timeout
+        with self._progress:
+            while self.offset < target:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._progress.wait(remaining)
+        return True
+
+    def step(self) -> int:
+        """Apply what the log holds after our offset (one round); return entries applied."""
+        entries = self.log.read(self.offset, READ_ENTRIES)
+        if not entries:
+            return 0
+        records: list[Record] = []
+        last = self.offset
+        for offset, data in entries:
+            try:
+                records.extend(decode_entry(data))
+            except (ValueError, KeyError, TypeError) as exc:
+                log.error("[testengine] skipping unreadable log entry %d: %s", offset, exc)
+            last = offset
+            if len(records) >= self.batch_records:
+                break
+        new = apply(self.store, records, {self.source: last})
+        applied = sum(1 for offset, _ in entries if offset <= last)
+        with self._progress:
+            self.offset = last
+            self._progress.notify_all()
+        self.log.mark_consumed(last)
+        if self.on_applied is not None:
+            self.on_applied(len(records), new)
+        return applied
+
+    def _run(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                applied = self.step()
+                self.error = None
+            except Exception as exc:
+                self.error = f"cannot apply log entries after offset {self.offset}: {exc}"
+                log.error("[testengine] %s; retrying in %.0f s", self.error, RETRY_WAIT)
+                self._wake.wait(RETRY_WAIT)
+                continue
+            if not applied:
+                self._wake.wait(IDLE_WAIT)

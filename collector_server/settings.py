@@ -1,0 +1,169 @@
+"""Collector settings: one frozen dataclass, read from the command line and the environment.
+
+Every field of :class:`CollectorSettings` is a setting.  Its metadata (built by :func:`option`)
+gives the help text and the parser; the command-line flag and the environment name are derived
+from the field name: ``max_body_bytes`` is ``--max-body-bytes`` and
+``TESTENGINE_COLLECTOR_MAX_BODY_BYTES``.  Adding a setting is adding one field::
+
+    kafka_bootstrap: str | None = option(None, "Kafka bootstrap servers", parse=str)
+
+Precedence: command line > environment > default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import ipaddress
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from collector_server.errors import SettingsError
+
+ENV_PREFIX: Final = "TESTENGINE_COLLECTOR_"
+
+__all__ = ["CollectorSettings", "SettingsError", "add_arguments", "resolve"]
+
+
+def parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError("expected one of 1/0, true/false, yes/no, on/off")
+
+
+def parse_positive_int(text: str) -> int:
+    value = int(text.strip())
+    if value <= 0:
+        raise ValueError("expected a positive integer")
+    return value
+
+
+def parse_port(text: str) -> int:
+    value = int(text.strip())
+    if not 0 <= value <= 65535:
+        raise ValueError("expected a port number from 0 to 65535")
+    return value
+
+
+def parse_positive_float(text: str) -> float:
+    value = float(text.strip())
+    if not value > 0 or value == float("inf"):
+        raise ValueError("expected a positive number")
+    return value
+
+
+def option(default: Any, help: str, *, parse: Callable[[str], Any] = str) -> Any:
+    """Declare one setting (a dataclass field with its help text and parser)."""
+    return field(default=default, metadata={"help": help, "parse": parse})
+
+
+@dataclass(frozen=True, slots=True)
+class CollectorSettings:
+    # server
+    host: str = option("127.0.0.1", "address to listen on")
+    port: int = option(8765, "port to listen on (0 picks a free one)", parse=parse_port)
+    data_dir: Path = option(  # noqa: RUF009 (a Path is immutable)
+        Path("testengine-data"), "directory for the local log, the store and the tokens", parse=Path
+    )
+    log_level: str = option("info", "log level (debug, info, warning, error)")
+    access_log: bool = option(False, "log every request", parse=parse_bool)
+    # limits of POST /v1/results
+    max_body_bytes: int = option(
+        16 * 1024 * 1024, "largest request body, as sent", parse=parse_positive_int
+    )
+    max_decompressed_bytes: int = option(
+        64 * 1024 * 1024, "largest request body after gzip decoding", parse=parse_positive_int
+    )
+    max_results_per_batch: int = option(
+        10_000, "most results in one batch", parse=parse_positive_int
+    )
+    max_id_length: int = option(128, "longest result id or run id", parse=parse_positive_int)
+    max_string_length: int = option(
+        4096, "longest node id, file, name, suite or other text field", parse=parse_positive_int
+    )
+    max_message_length: int = option(
+        65_536, "longest failure message or skip reason", parse=parse_positive_int
+    )
+    max_tags: int = option(64, "most tags on one result or run", parse=parse_positive_int)
+    max_tag_key_length: int = option(128, "longest tag name", parse=parse_positive_int)
+    max_tag_value_length: int = option(1024, "longest tag value", parse=parse_positive_int)
+    # behaviour
+    retry_after: float = option(
+        1.0, "seconds a client is told to wait when the sink is unavailable", parse=float
+    )
+    processor_batch: int = option(
+        5000,
+        "most records the processor writes to the store in one transaction",
+        parse=parse_positive_int,
+    )
+
+    @property
+    def is_loopback(self) -> bool:
+        return is_loopback_host(self.host)
+
+    def replace(self, **changes: Any) -> CollectorSettings:
+        return dataclasses.replace(self, **changes)
+
+
+def is_loopback_host(host: str) -> bool:
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def flag_of(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def env_of(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per setting; defaults are None so "not given" stays visible."""
+    for f in dataclasses.fields(CollectorSettings):
+        parser.add_argument(
+            flag_of(f.name),
+            dest=f.name,
+            default=None,
+            metavar=f.name.upper(),
+            help=f"{f.metadata['help']} (env {env_of(f.name)}, default {f.default})",
+        )
+
+
+def resolve(cli: Mapping[str, str | None], environ: Mapping[str, str]) -> CollectorSettings:
+    """Settings from command-line values (None = not given) and an environment mapping."""
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(CollectorSettings):
+        given = cli.get(f.name)
+        source = f"{flag_of(f.name)} (command line)"
+        if given is None:
+            given = environ.get(env_of(f.name))
+            source = f"{env_of(f.name)} (env)"
+        if given is None:
+            continue
+        try:
+            values[f.name] = f.metadata["parse"](given)
+        except ValueError as exc:
+            reason = str(exc) if "expected" in str(exc) else f"expected {_expected(f)}"
+            raise SettingsError(
+                f"[testengine] invalid value {given!r} for {source}: {reason}"
+            ) from exc
+    return CollectorSettings(**values)
+
+
+def _expected(f: dataclasses.Field[Any]) -> str:
+    parse = f.metadata["parse"]
+    if parse is float:
+        return "a number"
+    if parse is int:
+        return "an integer"
+    return "a valid value"

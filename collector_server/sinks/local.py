@@ -1,0 +1,273 @@
+"""The embedded sink: a durable append-only log in SQLite (``log.db`` in the data directory).
+
+The log is one table of entries ``(offset, data)``; one entry holds the records of one
+publish, encoded as ``{"v": 1, "groups": [{"tenant": ..., "run": {...}, "results": [...]}]}``
+(records of one batch share their tenant and run, so the run is written once).  The database
+runs in WAL mode with ``synchronous=FULL``: a commit returns once the WAL is fsynced.
+
+One writer thread owns the writes.  Publishes queue their entry and wait; the writer takes
+every entry waiting, inserts them, commits once (group commit) and then wakes the publishers,
+so ``publish`` returns only once its records are on disk.  Subscribers (the in-process
+processor) are called after each commit.  Entries up to the offset the processor reports
+through :meth:`LocalLog.mark_consumed` are deleted by the writer as it goes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+
+from collector_server.sinks import SinkUnavailable
+from pytest_testengine.model import Record, result_from_dict, run_from_dict
+
+log = logging.getLogger("testengine.collector.sink")
+
+ENTRY_VERSION: Final = 1
+LOG_FILE: Final = "log.db"
+TRUNCATE_EVERY: Final = 256  # entries consumed before the writer deletes them
+MAX_GROUP: Final = 512  # entries committed together at most
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS log (
+    offset INTEGER PRIMARY KEY AUTOINCREMENT,
+    data BLOB NOT NULL
+);
+"""
+
+
+def _default(obj: object) -> Any:
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    raise TypeError(f"cannot encode {type(obj).__name__}")
+
+
+def encode_entry(records: Sequence[Record]) -> bytes:
+    groups: list[dict[str, Any]] = []
+    results: list[Any] = []
+    tenant: str | None = None
+    run: object = None
+    for record in records:
+        if record.run is not run or record.tenant != tenant:
+            tenant, run = record.tenant, record.run
+            results = []
+            groups.append({"tenant": tenant, "run": run, "results": results})
+        results.append(record.result)
+    return orjson.dumps({"v": ENTRY_VERSION, "groups": groups}, default=_default)
+
+
+def decode_entry(data: bytes) -> list[Record]:
+    """Records of one log entry; raises ValueError/KeyError/TypeError if it is malformed."""
+    obj = orjson.loads(data)
+    if obj.get("v") != ENTRY_VERSION:
+        raise ValueError(f"unknown log entry version {obj.get('v')!r}")
+    records: list[Record] = []
+    for group in obj["groups"]:
+        tenant = str(group["tenant"])
+        run = run_from_dict(group["run"])
+        records.extend(Record(tenant, run, result_from_dict(r)) for r in group["results"])
+    return records
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    return conn
+
+
+class LocalLog:
+    """The log file: append (writer side), read and mark consumed (processor side)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._writer: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._read_lock = threading.Lock()
+        self._consumed = 0
+        self._truncated = 0
+        self.last_offset = 0
+
+    def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = connect(self.path)
+        self._writer.executescript(_SCHEMA)
+        self._reader = connect(self.path)
+        # sqlite_sequence keeps the last offset even after every entry was truncated
+        row = self._writer.execute("SELECT seq FROM sqlite_sequence WHERE name = 'log'").fetchone()
+        self.last_offset = int(row[0]) if row else 0
+        first = self._writer.execute("SELECT min(offset) FROM log").fetchone()[0]
+        self._truncated = self.last_offset if first is None else int(first) - 1
+
+    def append(self, entries: Sequence[bytes]) -> int:
+        """Insert entries in one durable transaction; return the offset of the last one."""
+        conn = self._writer
+        assert conn is not None, "LocalLog.open() first"
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            cur = conn.executemany("INSERT INTO log (data) VALUES (?)", [(e,) for e in entries])
+            del cur
+            last: int = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+        self.last_offset = last
+        return last
+
+    def read(self, after: int, limit: int) -> list[tuple[int, bytes]]:
+        """Entries with offset > ``after``, oldest first, at most ``limit``."""
+        with self._read_lock:
+            conn = self._reader
+            if conn is None:
+                raise sqlite3.ProgrammingError(f"{self.path} is not open")
+            rows = conn.execute(
+                "SELECT offset, data FROM log WHERE offset > ? ORDER BY offset LIMIT ?",
+                (after, limit),
+            ).fetchall()
+        return [(int(o), bytes(d)) for o, d in rows]
+
+    def mark_consumed(self, offset: int) -> None:
+        """Entries up to ``offset`` are safely elsewhere and may be deleted."""
+        self._consumed = max(self._consumed, offset)
+
+    def truncate(self, force: bool = False) -> None:
+        """Delete consumed entries (writer side; cheap no-op when there is little to delete)."""
+        upto = self._consumed
+        conn = self._writer
+        if conn is None or upto <= self._truncated:
+            return
+        if force or upto - self._truncated >= TRUNCATE_EVERY:
+            conn.execute("DELETE FROM log WHERE offset <= ?", (upto,))
+            self._truncated = upto
+
+    def close(self) -> None:
+        with self._read_lock:
+            for conn in (self._reader, self._writer):
+                if conn is not None:
+                    conn.close()
+            self._reader = self._writer = None
+
+
+_Waiter = tuple[bytes, "asyncio.Future[None]", asyncio.AbstractEventLoop]
+
+
+class LocalLogSink:
+    """:class:`~collector_server.sinks.Sink` writing to a :class:`LocalLog`."""
+
+    def __init__(self, path: Path) -> None:
+        self.log = LocalLog(path)
+        self._queue: queue.SimpleQueue[_Waiter | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._subscribers: list[Callable[[int], None]] = []
+        self._error: str | None = None
+        self._closed = False
+
+    def subscribe(self, callback: Callable[[int], None]) -> None:
+        """Call ``callback(last_offset)`` in the writer thread after every commit."""
+        self._subscribers.append(callback)
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.log.open)
+        self._thread = threading.Thread(target=self._run, name="testengine-log-writer")
+        self._thread.start()
+
+    async def publish(self, records: Sequence[Record]) -> None:
+        if not records:
+            return
+        if self._thread is None or self._closed:
+            raise SinkUnavailable("[testengine] the local log is not open")
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self._queue.put((encode_entry(records), done, loop))
+        await done
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._thread is not None:
+            self._queue.put(None)
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
+        self.log.close()
+
+    def status(self) -> dict[str, object]:
+        alive = self._thread is not None and self._thread.is_alive() and not self._closed
+        return {
+            "ready": alive and self._error is None,
+            "kind": "local",
+            "path": str(self.log.path),
+            "last_offset": self.log.last_offset,
+            "error": self._error,
+        }
+
+    # -- writer thread ---------------------------------------------------------------------
+
+    def _batches(self) -> Iterator[list[_Waiter]]:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            group = [first]
+            stop = False
+            while len(group) < MAX_GROUP:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                group.append(item)
+            yield group
+            if stop:
+                return
+
+    def _run(self) -> None:
+        for group in self._batches():
+            try:
+                last = self.log.append([entry for entry, _, _ in group])
+            except Exception as exc:
+                self._error = f"cannot write {self.log.path}: {exc}"
+                log.error("[testengine] %s", self._error)
+                failure = SinkUnavailable(f"[testengine] {self._error}")
+                for _, done, loop in group:
+                    _notify(loop, done, failure)
+                continue
+            self._error = None
+            for _, done, loop in group:
+                _notify(loop, done, None)
+            for callback in self._subscribers:
+                callback(last)
+            try:
+                self.log.truncate()
+            except sqlite3.Error as exc:
+                log.warning("[testengine] cannot truncate %s: %s", self.log.path, exc)
+        with contextlib.suppress(sqlite3.Error):
+            self.log.truncate(force=True)
+
+
+def _notify(
+    loop: asyncio.AbstractEventLoop, done: asyncio.Future[None], error: BaseException | None
+) -> None:
+    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+        loop.call_soon_threadsafe(_settle, done, error)
+
+
+def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:
+    if done.done():
+        return
+    if error is None:
+        done.set_result(None)
+    else:
+        done.set_exception(error)

@@ -1,0 +1,79 @@
+"""The collector as a real process: durability across kill -9, tenants, safe binding."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+from tests.collector.batches import batch
+from tests.support.collector import CollectorFactory, CollectorProcess, collector_env, free_port
+
+
+def test_batch_survives_kill_9_right_after_202(collector: CollectorProcess) -> None:
+    sent = batch(50, suite="crash")
+    response = collector.post_batch(sent, gzipped=True)
+    assert response.status_code == 202, response.text
+    assert response.json() == {"accepted": 50}
+    collector.kill()  # no shutdown code runs: only what was durable at the 202 survives
+    collector.start()
+    stored = collector.wait_for_results(50, suite="crash")
+    assert sorted(r["id"] for r in stored) == sorted(r.id for r in sent.results)
+    assert len(stored) == 50
+    assert collector.runs("crash")[0]["total"] == 50
+
+
+def test_restart_resumes_without_duplicates(collector: CollectorProcess) -> None:
+    first = batch(20, suite="s")
+    assert collector.post_batch(first).status_code == 202
+    collector.wait_for_results(20, suite="s")
+    assert collector.stop() in (0, -signal.SIGTERM)  # uvicorn re-raises SIGTERM once done
+    assert "Application shutdown complete" in collector.output()
+    collector.start()
+    second = batch(5, suite="s")
+    assert collector.post_batch(second).status_code == 202
+    assert collector.post_batch(first).status_code == 202  # a client retrying an old batch
+    stored = collector.wait_for_results(25, suite="s")
+    assert len(stored) == 25
+    assert len({r["id"] for r in stored}) == 25
+
+
+def test_tenants_are_isolated(collector: CollectorProcess) -> None:
+    token_a = collector.create_token("acme")
+    token_b = collector.create_token("globex")
+    assert collector.get("/v1/suites").status_code == 401  # tokens exist: no open access
+    assert collector.post_batch(batch(3, suite="shared"), token=token_a).status_code == 202
+    assert collector.post_batch(batch(2, suite="shared"), token=token_b).status_code == 202
+    assert len(collector.wait_for_results(3, suite="shared", token=token_a)) == 3
+    assert len(collector.wait_for_results(2, suite="shared", token=token_b)) == 2
+    assert [s["results"] for s in collector.suites(token=token_a)] == [3]
+    assert [s["results"] for s in collector.suites(token=token_b)] == [2]
+    for path in ("/v1/suites", "/v1/suites/shared/results"):
+        response = collector.get(path, token="te_not-a-token")
+        assert response.status_code == 401
+        assert response.json()["error"]["code"] == "invalid_token"
+
+
+def test_refuses_non_loopback_bind_without_tokens(tmp_path: object) -> None:
+    data_dir = f"{tmp_path}/data"
+    command = [sys.executable, "-m", "collector_server", "serve", "--host", "0.0.0.0"]
+    command += ["--port", str(free_port()), "--data-dir", data_dir]
+    done = subprocess.run(
+        command, capture_output=True, text=True, env=collector_env(), timeout=60, check=False
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "[testengine] refusing to listen on 0.0.0.0 without tokens: anyone who can reach it "
+        "could read and write results. Create a token first with `testengine-collector tokens "
+        f"create --tenant NAME --data-dir {data_dir}` and give it to clients as "
+        "TESTENGINE_TOKEN, or listen on 127.0.0.1"
+    )
+
+
+def test_factory_passes_settings_from_env(collector_factory: CollectorFactory) -> None:
+    collector = collector_factory(env={"TESTENGINE_COLLECTOR_MAX_RESULTS_PER_BATCH": "2"})
+    response = collector.post_batch(batch(3))
+    assert response.status_code == 413
+    assert response.json()["error"]["field"] == "results"
+    assert collector.get("/healthz").json() == {"status": "ok"}
+    assert "testengine_http_requests_total" in collector.get("/metrics").text
