@@ -115,16 +115,16 @@ def main() -> int:
             runs = fetch_all(client, f"/v1/suites/{SUITE_NAME}/runs")
 
         print(f"\n==> the collector recorded {len(tests)} tests in suite '{SUITE_NAME}':")
-        width = max((len(t["test_id"]) for t in tests), default=10)
+        width = max((len(t["nodeid"]) for t in tests), default=10)
         print(f"  {'test':<{width}}  {'last outcome':<12}  {'median s':>8}")
-        for test in sorted(tests, key=lambda t: str(t["test_id"])):
+        for test in sorted(tests, key=lambda t: str(t["nodeid"])):
             median = test.get("median_duration")
             median_text = f"{median:8.3f}" if isinstance(median, (int, float)) else f"{'-':>8}"
             print(
-                f"  {test['test_id']:<{width}}  {test.get('last_outcome', '?'):<12}  {median_text}"
+                f"  {test['nodeid']:<{width}}  {test.get('last_outcome', '?'):<12}  {median_text}"
             )
         for r in runs:
-            print(f"\n==> run {r['run_id']}: {r.get('counts')}")
+            print(f"\n==> run {r['run_id']}: {r.get('outcomes')}")
         if len(tests) != ran:
             print(f"\nMISMATCH: pytest ran {ran} tests, the collector recorded {len(tests)}")
             return 1

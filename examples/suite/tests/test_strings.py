@@ -23,5 +23,5 @@ def test_known_bug() -> None:
 
 
 def test_runtime_tags(testengine_tags) -> None:  # type: ignore[no-untyped-def]
-    testengine_tags["feature"] = "strings"
+    testengine_tags(feature="strings")
     assert "a" in "abc"
