@@ -75,7 +75,7 @@ def _xfail_reason(report: Any) -> str:
     return reason.removeprefix("reason: ") or "xfail"
 
 
-def _phase_outcome(report: Any) -> tuple[str, str | None]:
+def _phase_outcome(report: Any, when: str) -> tuple[str, str | None]:
     """(outcome, message) decided by one report, or ("passed", None)."""
     outcome = report.outcome
     xfail = hasattr(report, "wasxfail")
@@ -84,7 +84,7 @@ def _phase_outcome(report: Any) -> tuple[str, str | None]:
     if outcome == "skipped":
         return ("xfailed", _xfail_reason(report)) if xfail else ("skipped", _skip_reason(report))
     # "failed", or "rerun" from pytest-rerunfailures
-    return ("error" if report.when != "call" else "failed"), _failure_text(report)
+    return ("error" if when != "call" else "failed"), _failure_text(report)
 
 
 class Assembler:
@@ -197,7 +197,7 @@ class Assembler:
         }
 
     def _apply(self, result: dict[str, Any], report: Any, when: str) -> None:
-        outcome, message = _phase_outcome(report)
+        outcome, message = _phase_outcome(report, when)
         if report.outcome == "rerun":
             result["_rerun"] = True
         if when == "teardown":

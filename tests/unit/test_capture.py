@@ -1,0 +1,311 @@
+"""Reports -> results: outcomes, phases, messages, locations, attempts, tags."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from pytest_testengine.capture import Assembler, split_nodeid, truncate
+from pytest_testengine.model import OUTCOMES, RESULT_FIELDS, result_from_dict
+from pytest_testengine.tags import Limits
+
+NODEID = "tests/test_a.py::TestX::test_y[1-a]"
+
+
+def report(when: str, outcome: str = "passed", **kw: Any) -> SimpleNamespace:
+    values: dict[str, Any] = {
+        "nodeid": NODEID,
+        "when": when,
+        "outcome": outcome,
+        "duration": {"setup": 0.1, "call": 0.2, "teardown": 0.3}.get(when, 0.5),
+        "location": ("tests/test_a.py", 9, "TestX.test_y[1-a]"),
+        "longrepr": None,
+        "longreprtext": "",
+        "start": {"setup": 100.0, "call": 100.1, "teardown": 100.3}.get(when, 100.0),
+        "stop": {"setup": 100.1, "call": 100.3, "teardown": 100.6}.get(when, 100.6),
+    }
+    values.update(kw)
+    return SimpleNamespace(**values)
+
+
+def run(*reports: SimpleNamespace, assembler: Assembler | None = None) -> dict[str, Any]:
+    assembler = assembler or Assembler()
+    results = [assembler.test_report(r) for r in reports]
+    assert all(r is None for r in results[:-1])
+    assert results[-1] is not None
+    return results[-1]
+
+
+FAIL = {
+    "longrepr": "E assert 1 == 2",
+    "longreprtext": "def test_y():\n>   assert 1 == 2\nE   assert 1 == 2",
+}
+SKIP = {"longrepr": ("tests/test_a.py", 10, "Skipped: not on linux")}
+
+
+@pytest.mark.parametrize(
+    ("reports", "outcome", "when", "message"),
+    [
+        pytest.param(
+            [report("setup"), report("call"), report("teardown")], "passed", None, None, id="passed"
+        ),
+        pytest.param(
+            [report("setup"), report("call", "failed", **FAIL), report("teardown")],
+            "failed",
+            "call",
+            FAIL["longreprtext"],
+            id="failed",
+        ),
+        pytest.param(
+            [report("setup", "failed", **FAIL), report("teardown")],
+            "error",
+            "setup",
+            FAIL["longreprtext"],
+            id="setup-error",
+        ),
+        pytest.param(
+            [report("setup"), report("call"), report("teardown", "failed", **FAIL)],
+            "error",
+            "teardown",
+            FAIL["longreprtext"],
+            id="teardown-error",
+        ),
+        pytest.param(
+            [
+                report("setup"),
+                report("call", "failed", longrepr="x", longreprtext="call broke"),
+                report("teardown", "failed", longrepr="y", longreprtext="teardown broke"),
+            ],
+            "failed",
+            "call",
+            "call broke",
+            id="failed-and-teardown-error-keeps-the-failure",
+        ),
+        pytest.param(
+            [report("setup", "skipped", **SKIP), report("teardown")],
+            "skipped",
+            "setup",
+            "not on linux",
+            id="skipped-in-setup",
+        ),
+        pytest.param(
+            [report("setup"), report("call", "skipped", **SKIP), report("teardown")],
+            "skipped",
+            "call",
+            "not on linux",
+            id="skipped-in-call",
+        ),
+        pytest.param(
+            [report("setup"), report("call", "skipped", wasxfail="known bug"), report("teardown")],
+            "xfailed",
+            "call",
+            "known bug",
+            id="xfailed",
+        ),
+        pytest.param(
+            [report("setup", "skipped", wasxfail="reason: not run"), report("teardown")],
+            "xfailed",
+            "setup",
+            "not run",
+            id="xfailed-run-false",
+        ),
+        pytest.param(
+            [report("setup"), report("call", "passed", wasxfail=""), report("teardown")],
+            "xpassed",
+            "call",
+            "xfail",
+            id="xpassed",
+        ),
+        pytest.param(
+            [report("setup"), report("call", "passed"), report("teardown", "skipped", **SKIP)],
+            "passed",
+            None,
+            None,
+            id="teardown-skip-is-not-an-outcome",
+        ),
+    ],
+)
+def test_outcomes(
+    reports: list[SimpleNamespace], outcome: str, when: str | None, message: str | None
+) -> None:
+    result = run(*reports)
+    assert (result["outcome"], result["when"], result["message"]) == (outcome, when, message)
+    assert result["outcome"] in OUTCOMES
+
+
+def test_a_result_has_every_wire_field_and_round_trips_through_the_model() -> None:
+    result = run(report("setup"), report("call"), report("teardown"))
+    assert tuple(result) == RESULT_FIELDS
+    model = result_from_dict(result)
+    assert model.nodeid == NODEID
+    assert (model.file, model.scope, model.name, model.params) == (
+        "tests/test_a.py",
+        "TestX",
+        "test_y",
+        "1-a",
+    )
+    assert model.line == 10  # 1-based
+    assert (model.setup, model.call, model.teardown) == (0.1, 0.2, 0.3)
+    assert model.duration == pytest.approx(0.6)
+    assert (model.start, model.stop) == (100.0, 100.6)
+    assert model.attempt == 1
+    assert model.worker is None
+    assert len(model.id) == 32
+
+
+def test_results_get_unique_ids() -> None:
+    assembler = Assembler()
+    ids = {
+        run(report("setup"), report("call"), report("teardown"), assembler=assembler)["id"]
+        for _ in range(100)
+    }
+    assert len(ids) == 100
+
+
+def test_xdist_workers_running_the_same_test_do_not_mix() -> None:
+    assembler = Assembler()
+    a = [report(w, worker_id="gw0") for w in ("setup", "call", "teardown")]
+    b = [
+        report(w, worker_id="gw1", outcome="failed" if w == "call" else "passed", **FAIL)
+        for w in ("setup", "call", "teardown")
+    ]
+    done = [assembler.test_report(r) for r in (a[0], b[0], a[1], b[1], b[2], a[2])]
+    finished = [r for r in done if r is not None]
+    assert [(r["worker"], r["outcome"]) for r in finished] == [("gw1", "failed"), ("gw0", "passed")]
+
+
+def test_reruns_count_attempts() -> None:
+    assembler = Assembler()
+    first = run(
+        report("setup"),
+        report("call", "rerun", **FAIL),
+        report("teardown"),
+        assembler=assembler,
+    )
+    second = run(report("setup"), report("call"), report("teardown"), assembler=assembler)
+    assert (first["outcome"], first["attempt"]) == ("failed", 1)
+    assert (second["outcome"], second["attempt"]) == ("passed", 2)
+    assert "_rerun" not in first
+
+
+def test_a_crashed_worker_report_finishes_the_execution_at_once() -> None:
+    crash = report(
+        "???",
+        "failed",
+        longrepr="worker 'gw0' crashed",
+        longreprtext="worker 'gw0' crashed while running",
+    )
+    assembler = Assembler()
+    assembler.test_report(report("setup"))
+    result = assembler.test_report(crash)
+    assert result is not None
+    assert (result["outcome"], result["when"]) == ("failed", "call")
+    assert assembler.unfinished() == []
+
+
+def test_unfinished_executions_are_returned_at_the_end() -> None:
+    assembler = Assembler()
+    assert assembler.test_report(report("setup")) is None
+    (result,) = assembler.unfinished()
+    assert result["nodeid"] == NODEID
+    assert result["stop"] == pytest.approx(100.1)
+    assert assembler.unfinished() == []
+
+
+def test_messages_are_truncated_at_the_limit() -> None:
+    long = "x" * 5000 + "END"
+    result = run(
+        report("setup"),
+        report("call", "failed", longrepr=long, longreprtext=long),
+        report("teardown"),
+        assembler=Assembler(message_limit=200),
+    )
+    assert len(result["message"]) == 200
+    assert result["message"].endswith("END")
+    assert "[4803 characters truncated]" in result["message"]
+
+
+@pytest.mark.parametrize(
+    ("text", "limit", "expected"),
+    [
+        pytest.param("short", 10, "short", id="under"),
+        pytest.param("abcdef", 6, "abcdef", id="exact"),
+        pytest.param("abcdefghij", 4, "abcd", id="tiny-limit"),
+    ],
+)
+def test_truncate(text: str, limit: int, expected: str) -> None:
+    assert truncate(text, limit) == expected
+
+
+def test_tags_from_the_report_are_kept_within_limits() -> None:
+    assembler = Assembler(limits=Limits(max_tags=2, max_length=5))
+    tags = {"a": "1", "toolongkey": "2", "b": "2", "c": "3"}
+    result = run(
+        report("setup"),
+        report("call"),
+        report("teardown", testengine_tags=tags),
+        assembler=assembler,
+    )
+    assert result["tags"] == {"a": "1", "b": "2"}
+    assert assembler.tag_note_count == 1
+    assert assembler.tag_notes == [
+        f"{NODEID}: 1 over the limit of 2 tags (TESTENGINE_MAX_TAGS) and "
+        "1 longer than 5 characters (TESTENGINE_MAX_TAG_LENGTH)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("nodeid", "expected"),
+    [
+        pytest.param("t/test_a.py::test_b", ("t/test_a.py", "", "test_b", None), id="function"),
+        pytest.param(
+            "t/test_a.py::C::D::test_b", ("t/test_a.py", "C::D", "test_b", None), id="nested"
+        ),
+        pytest.param(
+            "test_a.py::test_b[x::y]", ("test_a.py", "", "test_b", "x::y"), id="colons-in-params"
+        ),
+        pytest.param(
+            "test_a.py::test_b[a[1]]", ("test_a.py", "", "test_b", "a[1]"), id="brackets-in-params"
+        ),
+        pytest.param(
+            "t/[dir]/test_a.py::test_b",
+            ("t/[dir]/test_a.py", "", "test_b", None),
+            id="bracket-in-path",
+        ),
+        pytest.param("t/test_a.py", ("t/test_a.py", "", "test_a.py", None), id="module"),
+    ],
+)
+def test_split_nodeid(nodeid: str, expected: tuple[str, str, str, str | None]) -> None:
+    assert split_nodeid(nodeid) == expected
+
+
+@pytest.mark.parametrize(
+    ("outcome", "longrepr", "expected"),
+    [
+        pytest.param("passed", None, None, id="passed-is-not-reported"),
+        pytest.param(
+            "failed", "ImportError: no module x", ("error", "ImportError: no module x"), id="error"
+        ),
+        pytest.param(
+            "skipped",
+            ("t/test_a.py", 1, "Skipped: needs a GPU"),
+            ("skipped", "needs a GPU"),
+            id="module-skip",
+        ),
+    ],
+)
+def test_collection_reports(outcome: str, longrepr: Any, expected: tuple[str, str] | None) -> None:
+    text = longrepr if isinstance(longrepr, str) else ""
+    rep = SimpleNamespace(
+        nodeid="t/test_a.py", outcome=outcome, longrepr=longrepr, longreprtext=text
+    )
+    result = Assembler().collect_report(rep)
+    if expected is None:
+        assert result is None
+        return
+    assert result is not None
+    assert (result["outcome"], result["message"], result["when"]) == (*expected, "collect")
+    assert (result["file"], result["name"]) == ("t/test_a.py", "test_a.py")
+    assert tuple(result) == RESULT_FIELDS
