@@ -35,7 +35,7 @@ class Settings:
     """The resolved settings; field names are the option names of :data:`OPTIONS`."""
 
     enabled: bool = False
-    url: str = "http://127.0.0.1:8000"
+    url: str = "http://127.0.0.1:8765"
     token: str | None = field(default=None, repr=False)
     suite: str = "default"
     tags: Mapping[str, str] = field(default_factory=dict)
@@ -48,7 +48,7 @@ class Settings:
     queue_size: int = 20000
     message_limit: int = 4096
     max_tags: int = 50
-    max_tag_length: int = 200
+    max_tag_length: int = 128
     compress: bool = True
     build_id: str | None = None
     job_id: str | None = None

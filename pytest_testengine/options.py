@@ -165,7 +165,7 @@ POSITIVE_SECONDS: Final = ValueType(
     "seconds", "a number of seconds above 0 (less than a day)", _parse_positive_seconds, "SECONDS"
 )
 URL: Final = ValueType(
-    "URL", "an http:// or https:// URL such as http://127.0.0.1:8000", _parse_url, "URL"
+    "URL", "an http:// or https:// URL such as http://127.0.0.1:8765", _parse_url, "URL"
 )
 SUITE: Final = ValueType(
     "name",
@@ -210,7 +210,7 @@ OPTIONS: Final[tuple[Option, ...]] = (
         ini="testengine",
         action="store_true",
     ),
-    _row("url", "Base URL of the collector.", URL, "http://127.0.0.1:8000"),
+    _row("url", "Base URL of the collector.", URL, "http://127.0.0.1:8765"),
     _row(
         "token",
         "Bearer token of the collector's tenant (secret: environment or ini only, never printed).",
@@ -268,7 +268,7 @@ OPTIONS: Final[tuple[Option, ...]] = (
         4096,
     ),
     _row("max_tags", "Most tags kept per test and per run.", POSITIVE_INT, 50),
-    _row("max_tag_length", "Longest tag key or value kept, in characters.", POSITIVE_INT, 200),
+    _row("max_tag_length", "Longest tag key or value kept, in characters.", POSITIVE_INT, 128),
     _row("compress", "Compress requests with gzip.", BOOL, True, flag=None),
     _row("build_id", "Build id (default: detected from the CI).", TEXT, ci="build_id", ini=None),
     _row("job_id", "Job id (default: detected from the CI).", TEXT, ci="job_id", ini=None),

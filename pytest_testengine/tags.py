@@ -44,7 +44,7 @@ def marker_tags(markers: Iterable[Any]) -> dict[str, str]:
 @dataclass(frozen=True, slots=True)
 class Limits:
     max_tags: int = 50
-    max_length: int = 200
+    max_length: int = 128
 
 
 def limit_tags(tags: Mapping[str, str], limits: Limits) -> tuple[dict[str, str], str | None]:
