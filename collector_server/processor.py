@@ -28,6 +28,7 @@ SOURCE: Final = "local"
 READ_ENTRIES: Final = 32  # log entries read per round at most
 IDLE_WAIT: Final = 1.0  # seconds between checks when nobody wakes us
 RETRY_WAIT: Final = 1.0  # seconds before retrying a failed store write
+DRAIN_TIME: Final = 10.0  # seconds a stopping processor keeps applying what is left
 
 
 def apply(store: Store, records: Sequence[Record], offsets: Mapping[str, int] | None = None) -> int:
@@ -78,6 +79,7 @@ class LocalProcessor:
         self._wake.set()
 
     def stop(self, timeout: float = 30.0) -> None:
+        """Stop after applying what the log holds (for up to DRAIN_TIME seconds)."""
         self._stopping = True
         self._wake.set()
         if self._thread is not None:
@@ -131,6 +133,15 @@ class LocalProcessor:
         return applied
 
     def _run(self) -> None:
+        self._loop()
+        deadline = time.monotonic() + DRAIN_TIME  # stopping: apply what is left, bounded
+        try:
+            while time.monotonic() < deadline and self.step():
+                pass
+        except Exception as exc:
+            log.warning("[testengine] stopped with log entries left to apply: %s", exc)
+
+    def _loop(self) -> None:
         while not self._stopping:
             self._wake.clear()
             try:

@@ -36,24 +36,41 @@ def parse_bool(text: str) -> bool:
     raise ValueError("expected one of 1/0, true/false, yes/no, on/off")
 
 
+def _number(text: str, kind: type[int] | type[float], expected: str) -> Any:
+    try:
+        return kind(text.strip())
+    except ValueError:
+        raise ValueError(expected) from None
+
+
 def parse_positive_int(text: str) -> int:
-    value = int(text.strip())
+    expected = "expected a positive integer"
+    value: int = _number(text, int, expected)
     if value <= 0:
-        raise ValueError("expected a positive integer")
+        raise ValueError(expected)
     return value
 
 
 def parse_port(text: str) -> int:
-    value = int(text.strip())
+    expected = "expected a port number from 0 to 65535"
+    value: int = _number(text, int, expected)
     if not 0 <= value <= 65535:
-        raise ValueError("expected a port number from 0 to 65535")
+        raise ValueError(expected)
     return value
 
 
-def parse_positive_float(text: str) -> float:
-    value = float(text.strip())
-    if not value > 0 or value == float("inf"):
-        raise ValueError("expected a positive number")
+def parse_seconds(text: str) -> float:
+    expected = "expected a number of seconds > 0"
+    value: float = _number(text, float, expected)
+    if not 0 < value < float("inf"):
+        raise ValueError(expected)
+    return value
+
+
+def parse_log_level(text: str) -> str:
+    value = text.strip().lower()
+    if value not in {"critical", "error", "warning", "info", "debug", "trace"}:
+        raise ValueError("expected one of critical, error, warning, info, debug, trace")
     return value
 
 
@@ -70,7 +87,9 @@ class CollectorSettings:
     data_dir: Path = option(  # noqa: RUF009 (a Path is immutable)
         Path("testengine-data"), "directory for the local log, the store and the tokens", parse=Path
     )
-    log_level: str = option("info", "log level (debug, info, warning, error)")
+    log_level: str = option(
+        "info", "log level (debug, info, warning, error)", parse=parse_log_level
+    )
     access_log: bool = option(False, "log every request", parse=parse_bool)
     # limits of POST /v1/results
     max_body_bytes: int = option(
@@ -94,7 +113,7 @@ class CollectorSettings:
     max_tag_value_length: int = option(1024, "longest tag value", parse=parse_positive_int)
     # behaviour
     retry_after: float = option(
-        1.0, "seconds a client is told to wait when the sink is unavailable", parse=float
+        1.0, "seconds a client is told to wait when the sink is unavailable", parse=parse_seconds
     )
     processor_batch: int = option(
         5000,
@@ -153,17 +172,7 @@ def resolve(cli: Mapping[str, str | None], environ: Mapping[str, str]) -> Collec
         try:
             values[f.name] = f.metadata["parse"](given)
         except ValueError as exc:
-            reason = str(exc) if "expected" in str(exc) else f"expected {_expected(f)}"
             raise SettingsError(
-                f"[testengine] invalid value {given!r} for {source}: {reason}"
+                f"[testengine] invalid value {given!r} for {source}: {exc}"
             ) from exc
     return CollectorSettings(**values)
-
-
-def _expected(f: dataclasses.Field[Any]) -> str:
-    parse = f.metadata["parse"]
-    if parse is float:
-        return "a number"
-    if parse is int:
-        return "an integer"
-    return "a valid value"
