@@ -22,12 +22,12 @@ knows something, best first:
 *overhead* is pytest's own cost per test (collection, reporting, hooks), which recorded phase
 durations miss: about a millisecond per test, a sizeable share of a suite of tiny tests.
 
-Durations that are negative, NaN or infinite are ignored (treated as no history).
+Durations that are negative, NaN, infinite or absurd (over :data:`MAX_DURATION`) are ignored:
+they count as no history.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final, Literal, get_args
@@ -38,7 +38,8 @@ DEFAULT_OVERHEAD: Final = 0.001
 #: The estimate in seconds for a test of a suite without any history.
 DEFAULT_DURATION: Final = 1.0
 
-_INF: Final = math.inf
+#: Longer "durations" (about 32 years) are corrupt data; ignoring them keeps sums finite.
+MAX_DURATION: Final = 1e9
 
 EstimateSource = Literal["history", "siblings", "file", "suite", "default"]
 ESTIMATE_SOURCES: Final[tuple[EstimateSource, ...]] = get_args(EstimateSource)
@@ -120,14 +121,13 @@ class Estimates:
 
 
 def is_duration(value: object) -> bool:
-    """True for a usable duration: a finite, non-negative number (not a bool)."""
+    """True for a usable duration: a number from 0 to MAX_DURATION (not a bool, not NaN)."""
     if value.__class__ is float:
-        return 0.0 <= value < _INF
+        return 0.0 <= value <= MAX_DURATION
     return (
         isinstance(value, (int, float))
         and not isinstance(value, bool)
-        and math.isfinite(value)
-        and value >= 0
+        and 0 <= value <= MAX_DURATION
     )
 
 
@@ -163,7 +163,7 @@ def estimate(
     known: list[float] = []
     for test_id in dict.fromkeys(test_ids):
         value = get(test_id)
-        if value.__class__ is float and 0.0 <= value < _INF:
+        if value.__class__ is float and 0.0 <= value <= MAX_DURATION:
             seconds[test_id] = value + overhead
             known.append(value)
         elif value is not None and is_duration(value):
@@ -235,7 +235,7 @@ def _valid(values: list[float]) -> list[float]:
     return [
         value if value.__class__ is float else float(value)
         for value in values
-        if (value.__class__ is float and 0.0 <= value < _INF) or is_duration(value)
+        if (value.__class__ is float and 0.0 <= value <= MAX_DURATION) or is_duration(value)
     ]
 
 

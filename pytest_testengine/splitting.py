@@ -32,6 +32,7 @@ from typing import Final, Literal, get_args
 
 from pytest_testengine.estimates import (
     DEFAULT_OVERHEAD,
+    MAX_DURATION,
     Estimates,
     EstimateSource,
     estimate,
@@ -312,7 +313,11 @@ def _complete(sorted_ids: list[str], estimates: Mapping[str, float]) -> dict[str
     try:
         seconds = {test_id: estimates[test_id] for test_id in sorted_ids}
         values = seconds.values()
-        if not values or (math.isfinite(math.fsum(values)) and min(values) >= 0):
+        if not values or (
+            min(values) >= 0
+            and max(values) <= MAX_DURATION
+            and not math.isnan(math.fsum(values))  # min and max can miss a NaN
+        ):
             return seconds
     except (KeyError, TypeError):
         pass
@@ -325,11 +330,12 @@ def _pack(units: _Units, shards: int) -> tuple[list[list[str]], list[float]]:
     bins: list[list[str]] = [[] for _ in range(shards)]
     heap = [(0.0, 0, index) for index in range(shards)]
     replace = heapq.heapreplace
-    weight = units.weight
-    for unit in units.order:
+    appenders = [members.append for members in bins]
+    order = units.order
+    for unit, size in zip(order, map(units.weight.__getitem__, order), strict=True):
         load, count, index = heap[0]
-        bins[index].append(unit)
-        replace(heap, (load + weight[unit], count + 1, index))
+        appenders[index](unit)
+        replace(heap, (load + size, count + 1, index))
     loads = [0.0] * shards
     for load, _, index in heap:
         loads[index] = load

@@ -13,6 +13,7 @@ from pytest_testengine.estimates import (
     DEFAULT_DURATION,
     DEFAULT_OVERHEAD,
     ESTIMATE_SOURCES,
+    MAX_DURATION,
     NodeId,
     estimate,
     file_of,
@@ -165,6 +166,8 @@ def test_siblings_are_per_class() -> None:
         pytest.param(float("nan"), id="nan"),
         pytest.param(float("inf"), id="inf"),
         pytest.param(-1.0, id="negative"),
+        pytest.param(1e300, id="absurd"),
+        pytest.param(10**400, id="huge-int"),
         pytest.param("3", id="string"),
         pytest.param(True, id="bool"),
         pytest.param(None, id="none"),
@@ -175,6 +178,11 @@ def test_invalid_durations_count_as_no_history(bad: object) -> None:
     result = estimate(["a.py::x", "a.py::y"], durations, overhead=0)  # type: ignore[arg-type]
     assert result.sources == {"a.py::x": "file", "a.py::y": "history"}
     assert result.seconds == {"a.py::x": 2.0, "a.py::y": 2.0}
+
+
+def test_the_largest_accepted_duration() -> None:
+    result = estimate(["a.py::x"], {"a.py::x": MAX_DURATION}, overhead=0)
+    assert result.sources["a.py::x"] == "history"
 
 
 def test_integer_durations_are_accepted() -> None:
@@ -244,3 +252,14 @@ def test_estimate_is_independent_of_collection_order(
     assert dict(first.sources) == dict(second.sources)
     assert set(first.seconds) == set(ids)
     assert all(value >= DEFAULT_OVERHEAD for value in first.seconds.values())
+
+
+@given(st.dictionaries(node_ids, st.floats(0, 100), max_size=30), st.randoms(use_true_random=False))
+def test_estimate_is_independent_of_history_order(
+    durations: dict[str, float], rnd: random.Random
+) -> None:
+    items = list(durations.items())
+    rnd.shuffle(items)
+    ids = [*durations, "t/test_0.py::test_new[9]", "t/test_1.py::test_0[9]", "t/new.py::test"]
+    first, second = estimate(ids, durations), estimate(ids, dict(items))
+    assert first == second

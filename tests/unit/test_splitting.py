@@ -181,6 +181,22 @@ def test_more_shards_than_tests_leaves_shards_empty_and_loses_nothing() -> None:
     assert plan.shards[4].estimate == 0.0
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param(float("nan"), id="nan"),
+        pytest.param(float("inf"), id="inf"),
+        pytest.param(-2.0, id="negative"),
+        pytest.param(1e308, id="overflowing"),
+    ],
+)
+def test_invalid_estimates_are_replaced(bad: float) -> None:
+    estimates = {"a.py::x[1]": bad, "a.py::x[2]": 3.0, "a.py::y": 1e308 if bad != 1e308 else 3.0}
+    ids = ["a.py::x[1]", "a.py::x[2]"]
+    plan = split(ids, estimates, 2)
+    assert [s.estimate for s in plan.shards] == [3.0, 3.0]
+
+
 def test_no_tests_gives_empty_shards() -> None:
     plan = split([], {}, 3)
     assert [s.test_ids for s in plan.shards] == [(), (), ()]
