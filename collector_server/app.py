@@ -79,7 +79,7 @@ class Parts:
                 on_applied=metrics.on_applied,
             )
             await run_in_threadpool(self.processor.start)
-            self.sink.subscribe(self.processor.wake)
+            self.sink.subscribe(self.processor.on_commit)
             metrics.watch_lag(lambda: self.processor.lag if self.processor else 0)
         self.started = True
 

@@ -363,7 +363,85 @@ def validate_run(obj: Any, limits: Limits) -> RunInfo:
     )
 
 
+def _tags_ok(tags: dict[str, Any], limits: Limits) -> bool:
+    if len(tags) > limits.max_tags:
+        return False
+    max_key, max_value = limits.max_tag_key, limits.max_tag_value
+    for name, value in tags.items():
+        if not (0 < len(name) <= max_key and type(value) is str and len(value) <= max_value):
+            return False
+    return True
+
+
 def validate_result(obj: Any, where: str, limits: Limits) -> Result:
+    """One result; a fast path for the common, valid case, then the checks that explain."""
+    if type(obj) is dict:
+        g = obj.get
+        id_, nodeid, file, name = g("id"), g("nodeid"), g("file", ""), g("name", "")
+        outcome, line, scope, params = g("outcome"), g("line"), g("scope", ""), g("params")
+        when, message, worker, attempt = g("when"), g("message"), g("worker"), g("attempt", 1)
+        setup, call, teardown = g("setup", 0.0), g("call", 0.0), g("teardown", 0.0)
+        duration, start, stop, tags = g("duration", 0.0), g("start", 0.0), g("stop", 0.0), g("tags")
+        lim = limits.max_string
+        if (
+            type(id_) is str
+            and 0 < len(id_) <= limits.max_id
+            and type(nodeid) is str
+            and 0 < len(nodeid) <= lim
+            and type(file) is str
+            and len(file) <= lim
+            and type(name) is str
+            and len(name) <= lim
+            and type(outcome) is str
+            and outcome in OUTCOMES
+            and (line is None or (type(line) is int and 0 <= line <= MAX_LINE))
+            and type(scope) is str
+            and len(scope) <= lim
+            and (params is None or (type(params) is str and len(params) <= lim))
+            and (when is None or (type(when) is str and when in PHASES))
+            and type(setup) is float
+            and 0.0 <= setup <= MAX_SECONDS
+            and type(call) is float
+            and 0.0 <= call <= MAX_SECONDS
+            and type(teardown) is float
+            and 0.0 <= teardown <= MAX_SECONDS
+            and type(duration) is float
+            and 0.0 <= duration <= MAX_SECONDS
+            and type(start) is float
+            and 0.0 <= start <= MAX_SECONDS
+            and type(stop) is float
+            and 0.0 <= stop <= MAX_SECONDS
+            and (message is None or (type(message) is str and len(message) <= limits.max_message))
+            and (worker is None or (type(worker) is str and len(worker) <= lim))
+            and type(attempt) is int
+            and 1 <= attempt <= MAX_ATTEMPT
+            and (tags is None or (type(tags) is dict and (not tags or _tags_ok(tags, limits))))
+        ):
+            return Result(
+                id=id_,
+                nodeid=nodeid,
+                file=file,
+                name=name,
+                outcome=outcome,
+                line=line,
+                scope=scope,
+                params=params,
+                when=when,
+                setup=setup,
+                call=call,
+                teardown=teardown,
+                duration=duration,
+                start=start,
+                stop=stop,
+                message=message,
+                worker=worker,
+                attempt=attempt,
+                tags=tags or {},
+            )
+    return _validate_result_slowly(obj, where, limits)
+
+
+def _validate_result_slowly(obj: Any, where: str, limits: Limits) -> Result:
     if type(obj) is not dict:
         _wrong_type(where, obj, "an object")
     lim = limits.max_string

@@ -12,6 +12,7 @@ milliseconds after its 202.  :func:`apply` is the same write for records from an
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -29,6 +30,7 @@ READ_ENTRIES: Final = 32  # log entries read per round at most
 IDLE_WAIT: Final = 1.0  # seconds between checks when nobody wakes us
 RETRY_WAIT: Final = 1.0  # seconds before retrying a failed store write
 DRAIN_TIME: Final = 10.0  # seconds a stopping processor keeps applying what is left
+HANDOFF_RECORDS: Final = 200_000  # records held in memory from the sink; beyond, read the log
 
 
 def apply(store: Store, records: Sequence[Record], offsets: Mapping[str, int] | None = None) -> int:
@@ -53,6 +55,9 @@ class LocalProcessor:
         self.on_applied = on_applied
         self.offset = 0
         self.error: str | None = None
+        self._handoff: collections.deque[tuple[int, Sequence[Record]]] = collections.deque()
+        self._handoff_records = 0
+        self._handoff_lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = False
         self._progress = threading.Condition()
@@ -75,8 +80,32 @@ class LocalProcessor:
         self._thread = threading.Thread(target=self._run, name="testengine-processor")
         self._thread.start()
 
-    def wake(self, _offset: int = 0) -> None:
+    def wake(self) -> None:
         self._wake.set()
+
+    def on_commit(self, first: int, batches: list[Sequence[Record]]) -> None:
+        """Sink callback: these records are durable at offsets first, first + 1, ...; keep
+        them to apply without reading the log back (bounded; the log is the fallback)."""
+        count = sum(len(b) for b in batches)
+        with self._handoff_lock:
+            if self._handoff_records + count <= HANDOFF_RECORDS:
+                self._handoff.extend(enumerate(batches, start=first))
+                self._handoff_records += count
+        self._wake.set()
+
+    def _take_handoff(self) -> tuple[list[Record], int] | None:
+        """Records that follow our offset from the handoff, or None to read the log."""
+        records: list[Record] = []
+        last = self.offset
+        with self._handoff_lock:
+            queue = self._handoff
+            while queue and queue[0][0] <= last:  # applied already (read from the log)
+                self._handoff_records -= len(queue.popleft()[1])
+            while queue and queue[0][0] == last + 1 and len(records) < self.batch_records:
+                last, batch = queue.popleft()
+                self._handoff_records -= len(batch)
+                records.extend(batch)
+        return (records, last) if last > self.offset else None
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop after applying what the log holds (for up to DRAIN_TIME seconds)."""
@@ -109,21 +138,15 @@ class LocalProcessor:
 
     def step(self) -> int:
         """Apply what the log holds after our offset (one round); return entries applied."""
-        entries = self.log.read(self.offset, READ_ENTRIES)
-        if not entries:
+        handed = self._take_handoff()
+        if handed is not None:
+            records, last = handed
+        else:
+            records, last = self._read_log()
+        if last == self.offset:
             return 0
-        records: list[Record] = []
-        last = self.offset
-        for offset, data in entries:
-            try:
-                records.extend(decode_entry(data))
-            except (ValueError, KeyError, TypeError) as exc:
-                log.error("[testengine] skipping unreadable log entry %d: %s", offset, exc)
-            last = offset
-            if len(records) >= self.batch_records:
-                break
         new = apply(self.store, records, {self.source: last})
-        applied = sum(1 for offset, _ in entries if offset <= last)
+        applied = last - self.offset
         with self._progress:
             self.offset = last
             self._progress.notify_all()
@@ -131,6 +154,19 @@ class LocalProcessor:
         if self.on_applied is not None:
             self.on_applied(len(records), new)
         return applied
+
+    def _read_log(self) -> tuple[list[Record], int]:
+        records: list[Record] = []
+        last = self.offset
+        for offset, data in self.log.read(self.offset, READ_ENTRIES):
+            try:
+                records.extend(decode_entry(data))
+            except (ValueError, KeyError, TypeError) as exc:
+                log.error("[testengine] skipping unreadable log entry %d: %s", offset, exc)
+            last = offset
+            if len(records) >= self.batch_records:
+                break
+        return records, last
 
     def _run(self) -> None:
         self._loop()

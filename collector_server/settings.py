@@ -176,3 +176,13 @@ def resolve(cli: Mapping[str, str | None], environ: Mapping[str, str]) -> Collec
                 f"[testengine] invalid value {given!r} for {source}: {exc}"
             ) from exc
     return CollectorSettings(**values)
+
+
+def markdown_table() -> str:
+    """The settings as a Markdown table (docs/collector-api.md holds a copy; a test compares)."""
+    lines = ["| Flag | Environment | Default | Meaning |", "| --- | --- | --- | --- |"]
+    for f in dataclasses.fields(CollectorSettings):
+        lines.append(
+            f"| `{flag_of(f.name)}` | `{env_of(f.name)}` | `{f.default}` | {f.metadata['help']} |"
+        )
+    return "\n".join(lines)

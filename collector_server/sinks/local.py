@@ -158,7 +158,10 @@ class LocalLog:
             self._reader = self._writer = None
 
 
-_Waiter = tuple[bytes, "asyncio.Future[None]", asyncio.AbstractEventLoop]
+_Waiter = tuple[bytes, Sequence[Record], "asyncio.Future[None]", asyncio.AbstractEventLoop]
+
+#: ``callback(first_offset, records_per_entry)`` after a commit: entry i has offset first + i.
+CommitCallback = Callable[[int, list[Sequence[Record]]], None]
 
 
 class LocalLogSink:
@@ -168,12 +171,14 @@ class LocalLogSink:
         self.log = LocalLog(path)
         self._queue: queue.SimpleQueue[_Waiter | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        self._subscribers: list[Callable[[int], None]] = []
+        self._subscribers: list[CommitCallback] = []
         self._error: str | None = None
         self._closed = False
 
-    def subscribe(self, callback: Callable[[int], None]) -> None:
-        """Call ``callback(last_offset)`` in the writer thread after every commit."""
+    def subscribe(self, callback: CommitCallback) -> None:
+        """Call ``callback(first_offset, records_per_entry)`` in the writer thread after every
+        commit (the records are durable by then; the in-process processor applies them without
+        reading them back)."""
         self._subscribers.append(callback)
 
     async def start(self) -> None:
@@ -188,7 +193,7 @@ class LocalLogSink:
             raise SinkUnavailable("[testengine] the local log is not open")
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
-        self._queue.put((encode_entry(records), done, loop))
+        self._queue.put((encode_entry(records), records, done, loop))
         await done
 
     async def close(self) -> None:
@@ -236,19 +241,20 @@ class LocalLogSink:
     def _run(self) -> None:
         for group in self._batches():
             try:
-                last = self.log.append([entry for entry, _, _ in group])
+                last = self.log.append([entry for entry, _, _, _ in group])
             except Exception as exc:
                 self._error = f"cannot write {self.log.path}: {exc}"
                 log.error("[testengine] %s", self._error)
                 failure = SinkUnavailable(f"[testengine] {self._error}")
-                for _, done, loop in group:
+                for _, _, done, loop in group:
                     _notify(loop, done, failure)
                 continue
             self._error = None
-            for _, done, loop in group:
+            for _, _, done, loop in group:
                 _notify(loop, done, None)
+            first = last - len(group) + 1  # one writer: offsets of a commit are consecutive
             for callback in self._subscribers:
-                callback(last)
+                callback(first, [records for _, records, _, _ in group])
             try:
                 self.log.truncate()
             except sqlite3.Error as exc:

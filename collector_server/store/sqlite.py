@@ -30,7 +30,7 @@ from typing import Any, Final, TypeVar
 import orjson
 
 from collector_server.store import InvalidCursor, Page, decode_cursor, encode_cursor
-from pytest_testengine.model import OUTCOMES, Record, result_to_dict, run_to_dict
+from pytest_testengine.model import OUTCOMES, Record, run_to_dict
 
 T = TypeVar("T")
 
@@ -211,7 +211,7 @@ class SqliteStore:
                     r.result.outcome,
                     r.result.duration,
                     r.result.start,
-                    orjson.dumps(result_to_dict(r.result), default=dict),
+                    orjson.dumps(r.result, default=dict),  # a dataclass: every field
                 )
                 for r in fresh
             ],

@@ -79,7 +79,7 @@ async def test_sink_wakes_processor_and_truncates_consumed_entries(tmp_path: Pat
     await sink.start()
     processor = LocalProcessor(sink.log, store)
     processor.start()
-    sink.subscribe(processor.wake)
+    sink.subscribe(processor.on_commit)
     try:
         for _ in range(300):
             await sink.publish(records_of("t", batch(1)))
@@ -106,7 +106,7 @@ async def test_concurrent_publishes_are_group_committed(tmp_path: Path) -> None:
     sink = LocalLogSink(tmp_path / "log.db")
     await sink.start()
     commits: list[int] = []
-    sink.subscribe(commits.append)
+    sink.subscribe(lambda first, batches: commits.append(first + len(batches) - 1))
     try:
         async with anyio.create_task_group() as tg:
             for _ in range(200):
@@ -126,6 +126,32 @@ async def test_publish_after_close_is_unavailable(tmp_path: Path) -> None:
     with pytest.raises(SinkUnavailable):
         await sink.publish(records_of("t", batch(1)))
     assert sink.status()["ready"] is False
+
+
+@pytest.mark.parametrize("handoff", [200_000, 5], ids=["in-memory", "overflow-to-log"])
+async def test_handoff_and_log_give_the_same_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, handoff: int
+) -> None:
+    monkeypatch.setattr("collector_server.processor.HANDOFF_RECORDS", handoff)
+    sink = LocalLogSink(tmp_path / "log.db")
+    store = SqliteStore(tmp_path / "store.db").open()
+    await sink.start()
+    processor = LocalProcessor(sink.log, store, batch_records=7)
+    sink.subscribe(processor.on_commit)  # not started yet: commits pile up in the handoff
+    sent = [records_of("t", batch(3)) for _ in range(20)]
+    try:
+        async with anyio.create_task_group() as tg:
+            for records in sent:
+                tg.start_soon(sink.publish, records)
+        while processor.step():
+            pass
+    finally:
+        await sink.close()
+    assert processor.offset == 20
+    stored = store.results("t", "default", limit=1000).items
+    assert sorted(r["id"] for r in stored) == sorted(r.result.id for rs in sent for r in rs)
+    assert store.offsets() == {"local": 20}
+    store.close()
 
 
 def test_wait_caught_up_times_out(tmp_path: Path) -> None:
