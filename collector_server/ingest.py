@@ -11,13 +11,22 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from typing import Any, Final, NoReturn
+from typing import Any, Final, NoReturn, cast
 
 import orjson
 
 from collector_server.errors import IngestError
 from collector_server.settings import CollectorSettings
-from pytest_testengine.model import OUTCOMES, PHASES, SCHEMA_VERSION, Batch, Result, RunInfo
+from pytest_testengine.model import (
+    OUTCOMES,
+    PHASES,
+    SCHEMA_VERSION,
+    Batch,
+    Outcome,
+    Phase,
+    Result,
+    RunInfo,
+)
 
 MAX_LINE: Final = 2**31 - 1
 MAX_ATTEMPT: Final = 10_000
@@ -422,11 +431,11 @@ def validate_result(obj: Any, where: str, limits: Limits) -> Result:
                 nodeid=nodeid,
                 file=file,
                 name=name,
-                outcome=outcome,
+                outcome=cast(Outcome, outcome),
                 line=line,
                 scope=scope,
                 params=params,
-                when=when,
+                when=cast("Phase | None", when),
                 setup=setup,
                 call=call,
                 teardown=teardown,
