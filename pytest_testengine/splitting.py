@@ -28,6 +28,7 @@ import math
 from bisect import bisect_left, insort
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain, repeat
 from typing import Final, Literal, get_args
 
 from pytest_testengine.estimates import (
@@ -145,20 +146,26 @@ def split(
     bins, loads = _pack(units, shards)
     if refine:
         _refine(units.weight, bins, loads, units.lower_bound)
-    shard_of: dict[str, int] = {}
-    for index, members in enumerate(bins):
-        shard_of.update(dict.fromkeys(units.tests_of(members), index))
+    members = [units.tests_of(units_of_shard) for units_of_shard in bins]
+    shard_of = dict(
+        zip(
+            chain.from_iterable(members),
+            chain.from_iterable(repeat(index, len(tests)) for index, tests in enumerate(members)),
+            strict=True,
+        )
+    )
     per_shard: list[list[str]] = [[] for _ in range(shards)]
+    appenders = [tests.append for tests in per_shard]
     for test_id in units.ids:
-        per_shard[shard_of[test_id]].append(test_id)
-    weight = units.weight
+        appenders[shard_of[test_id]](test_id)
+    weight = units.weight.__getitem__
     return Plan(
         by=by,
         shards=tuple(
             Shard(
                 index=index,
                 test_ids=tuple(per_shard[index]),
-                estimate=math.fsum(weight[unit] for unit in bins[index]),
+                estimate=math.fsum(map(weight, bins[index])),
             )
             for index in range(shards)
         ),
@@ -311,7 +318,7 @@ def _units(test_ids: Iterable[str], estimates: Mapping[str, float], shards: int,
 def _complete(sorted_ids: list[str], estimates: Mapping[str, float]) -> dict[str, float]:
     """Every test's estimate, in sorted order; missing or invalid ones are estimated."""
     try:
-        seconds = {test_id: estimates[test_id] for test_id in sorted_ids}
+        seconds = dict(zip(sorted_ids, map(estimates.__getitem__, sorted_ids), strict=True))
         values = seconds.values()
         if not values or (
             min(values) >= 0
