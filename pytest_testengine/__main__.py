@@ -3,7 +3,9 @@
 ``testengine upload [--spool DIR] [--url URL]`` sends the batches spooled by earlier runs and
 deletes each file once the collector acknowledged it.  The token comes from
 ``TESTENGINE_TOKEN``; the URL and the spool directory default to ``TESTENGINE_URL`` and
-``TESTENGINE_SPOOL_DIR``, then to the plugin's defaults.  Running it twice is safe: the
+``TESTENGINE_SPOOL_DIR``, then to the plugin's defaults.  Each file is retried for at most
+``TESTENGINE_FLUSH_DEADLINE`` seconds, and the upload stops at the first file that cannot be
+delivered because of the collector (down, or a bad token).  Running it twice is safe: the
 collector stores each result id once.  Exit status 0 when the spool is empty afterwards,
 1 when files are left, 2 on a usage error.
 """
@@ -17,12 +19,12 @@ from collections.abc import Sequence
 
 from pytest_testengine import __version__
 from pytest_testengine.config import ConfigError, resolve
+from pytest_testengine.options import URL
 from pytest_testengine.sender import MonotonicClock, Policy, deliver
 from pytest_testengine.spool import Spool, replay
 from pytest_testengine.transport import Answer, Transport
 
 DEFAULT_SPOOL = os.path.join(".testengine", "spool")
-RETRY_BUDGET = 30.0  # seconds of retries per file
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,22 +43,31 @@ def _parser() -> argparse.ArgumentParser:
 
 def upload(spool_dir: str | None, url: str | None) -> int:
     try:
-        settings = resolve({"url": url, "spool_dir": spool_dir}, os.environ, {})
+        settings = resolve({}, os.environ, {})
+        if url is not None:
+            url = str(URL.parse(url))
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    spool = Spool(settings.spool_dir or DEFAULT_SPOOL)
+    except ValueError:
+        print(
+            f"[testengine] invalid value {url!r} for --url (command line): expected {URL.expected}",
+            file=sys.stderr,
+        )
+        return 2
+    url = url or settings.url
+    spool = Spool(spool_dir or settings.spool_dir or DEFAULT_SPOOL)
     if not spool.files():
         print(f"[testengine] nothing to upload in {spool.directory}")
         return 0
     transport = Transport(
-        settings.url, token=settings.token, timeout=settings.timeout, compress=settings.compress
+        url, token=settings.token, timeout=settings.timeout, compress=settings.compress
     )
     clock = MonotonicClock()
     policy = Policy()
 
     def send(body: bytes) -> Answer:
-        end = clock.now() + RETRY_BUDGET
+        end = clock.now() + settings.flush_deadline
         return deliver(transport, body, deadline=lambda: end, policy=policy, clock=clock)
 
     try:
@@ -66,7 +77,7 @@ def upload(spool_dir: str | None, url: str | None) -> int:
     files = "1 file" if report.files_sent == 1 else f"{report.files_sent} files"
     line = (
         f"[testengine] uploaded {report.results_sent} results ({files}) "
-        f"from {spool.directory} to {settings.url}"
+        f"from {spool.directory} to {url}"
     )
     if report.files_left:
         left = "1 file" if report.files_left == 1 else f"{report.files_left} files"

@@ -99,6 +99,10 @@ class Batcher:
         return items
 
 
+class OutOfTime(Exception):
+    """Raised by a sleep that learns it would end past the deadline: stop retrying."""
+
+
 class _Schedule:
     """tenacity wait/stop: backoff or Retry-After, and no sleep that would pass the deadline."""
 
@@ -110,9 +114,11 @@ class _Schedule:
         self.single = single
         self.jitter = wait_random_exponential(multiplier=policy.backoff, max=policy.max_backoff)
         self.upcoming = 0.0
+        self.last: Answer | None = None
 
     def wait(self, state: RetryCallState) -> float:
         answer = state.outcome.result() if state.outcome else None
+        self.last = answer
         if isinstance(answer, Retry) and answer.retry_after is not None:
             self.upcoming = answer.retry_after
         else:
@@ -134,7 +140,9 @@ def deliver(
     single: bool = False,
 ) -> Answer:
     """Post ``body`` until delivered, rejected, or the next try would pass ``deadline()``
-    (a time on ``clock``); ``single`` makes one attempt only.  Returns the last answer."""
+    (a time on ``clock``); ``single`` makes one attempt only.  Returns the last answer.
+
+    ``sleep`` may raise :class:`OutOfTime` to stop waiting (the deadline moved closer)."""
     schedule = _Schedule(clock, deadline, policy, single)
 
     def attempt() -> Answer:
@@ -147,7 +155,11 @@ def deliver(
         sleep=sleep,
         retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
     )
-    answer: Answer = retrying(attempt)
+    try:
+        answer: Answer = retrying(attempt)
+    except OutOfTime:
+        assert schedule.last is not None  # a sleep only follows a failed attempt
+        return schedule.last
     return answer
 
 
@@ -281,8 +293,15 @@ class Sender:
                 self._ship(full)
 
     def _sleep(self, seconds: float) -> None:
-        if self._interrupt.wait(seconds):
-            self._interrupt.clear()
+        """Sleep between retries; when close() moves the deadline closer than the end of this
+        sleep, stop retrying instead of waiting less than the collector asked for."""
+        end = time.monotonic() + seconds
+        ends_at = self.clock.now() + seconds
+        while (remaining := end - time.monotonic()) > 0:
+            if self._interrupt.wait(remaining):
+                self._interrupt.clear()
+                if self._closing and ends_at > self._deadline:
+                    raise OutOfTime
 
     def _encode(self, results: list[dict[str, Any]]) -> bytes:
         return self._head + orjson.dumps(results) + b"}"

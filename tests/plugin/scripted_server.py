@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ class Request:
     headers: Mapping[str, str]
     raw: bytes
     body: Any  # decoded JSON, or None
+    at: float  # time.monotonic() when it arrived
 
 
 class ScriptedServer:
@@ -89,7 +91,9 @@ class ScriptedServer:
                 except orjson.JSONDecodeError:
                     body = None
                 with server._lock:
-                    server.requests.append(Request(self.path, dict(self.headers), raw, body))
+                    server.requests.append(
+                        Request(self.path, dict(self.headers), raw, body, time.monotonic())
+                    )
                 answer = server._next()
                 if answer is None and server.upstream is not None:
                     headers = {

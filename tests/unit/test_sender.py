@@ -460,3 +460,18 @@ def test_summary_line_mentions_tags_left_out() -> None:
         "[testengine] sent 2 results to http://c; tags left out for 2 tests "
         "(t.py::test_a: 3 over the limit of 50 tags (TESTENGINE_MAX_TAGS))"
     )
+
+
+def test_close_cuts_a_long_retry_after_short_instead_of_retrying_early(tmp_path: Path) -> None:
+    poster = FakePoster(default=Retry("the collector answered 429 (busy)", retry_after=30.0))
+    sender = make_sender(tmp_path, poster, batch_size=1, flush_deadline=0.5, retry_budget=60.0)
+    sender.submit(results(1)[0])
+    deadline = time.monotonic() + 10
+    while not poster.bodies and time.monotonic() < deadline:
+        time.sleep(0.01)
+    started = time.monotonic()
+    summary = sender.close()
+    assert time.monotonic() - started < 0.5 + 1.0
+    assert len(poster.bodies) == 1  # no early retry against the collector's Retry-After
+    assert (summary.sent, summary.spooled) == (0, 1)
+    assert summary.problems == ["the collector answered 429 (busy)"]

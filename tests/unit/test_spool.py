@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -88,7 +89,7 @@ def test_replay_stops_when_the_collector_is_unreachable(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
     for i in range(3):
         spool.write(body(1, tag=str(i)))
-    answers = iter(
+    answers: Iterator[Answer] = iter(
         [Delivered(202), Retry("could not reach the collector at X (connection refused)")]
     )
     report = replay(spool, lambda raw: next(answers))
@@ -100,7 +101,9 @@ def test_replay_stops_when_the_collector_is_unreachable(tmp_path: Path) -> None:
 def test_replay_skips_a_refused_batch_and_goes_on(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
     paths = [spool.write(body(1, tag=str(i))) for i in range(3)]
-    answers = iter([Rejected(422, "invalid", keep=False), Delivered(202), Delivered(202)])
+    answers: Iterator[Answer] = iter(
+        [Rejected(422, "invalid", keep=False), Delivered(202), Delivered(202)]
+    )
     report = replay(spool, lambda raw: next(answers))
     assert (report.files_sent, report.files_left) == (2, 1)
     assert spool.files() == [paths[0]]

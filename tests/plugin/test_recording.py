@@ -1,0 +1,286 @@
+"""What a run records, as stored by a real collector."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.plugin.helpers import by_nodeid, clean_env, stored, summary_lines
+from tests.support.collector import CollectorProcess
+
+SUITE = """
+import pytest
+
+def test_passes():
+    pass
+
+def test_fails():
+    assert 1 == 2, "numbers differ"
+
+@pytest.mark.skip(reason="not on this platform")
+def test_skipped():
+    pass
+
+@pytest.mark.xfail(reason="known bug", strict=False)
+def test_xfailed():
+    assert False
+
+@pytest.mark.xfail(reason="fixed meanwhile", strict=False)
+def test_xpassed():
+    pass
+
+@pytest.fixture
+def broken_setup():
+    raise RuntimeError("setup broke")
+
+@pytest.fixture
+def broken_teardown():
+    yield
+    raise RuntimeError("teardown broke")
+
+def test_setup_error(broken_setup):
+    pass
+
+def test_teardown_error(broken_teardown):
+    pass
+
+class TestGroup:
+    class TestInner:
+        @pytest.mark.parametrize("n, s", [(1, "a"), (2, "b::c")])
+        def test_param(self, n, s):
+            pass
+"""
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch: pytest.MonkeyPatch, collector: CollectorProcess) -> None:
+    clean_env(monkeypatch)
+    monkeypatch.setenv("TESTENGINE_URL", collector.url)
+
+
+def test_every_outcome_is_recorded_with_its_phase(
+    pytester: pytest.Pytester, collector: CollectorProcess
+) -> None:
+    pytester.makepyfile(test_outcomes=SUITE)
+    run = pytester.runpytest_subprocess("--testengine", "-p", "no:cacheprovider")
+    run.assert_outcomes(
+        passed=4, failed=1, skipped=1, xfailed=1, xpassed=1, errors=2
+    )  # the teardown error counts as passed + error
+    assert run.ret == pytest.ExitCode.TESTS_FAILED
+    results = by_nodeid(stored(collector, 9))
+    assert len(results) == 9  # pytest counts test_teardown_error twice: passed and error
+    expected = {
+        "test_outcomes.py::test_passes": ("passed", None),
+        "test_outcomes.py::test_fails": ("failed", "call"),
+        "test_outcomes.py::test_skipped": ("skipped", "setup"),
+        "test_outcomes.py::test_xfailed": ("xfailed", "call"),
+        "test_outcomes.py::test_xpassed": ("xpassed", "call"),
+        "test_outcomes.py::test_setup_error": ("error", "setup"),
+        "test_outcomes.py::test_teardown_error": ("error", "teardown"),
+        "test_outcomes.py::TestGroup::TestInner::test_param[1-a]": ("passed", None),
+        "test_outcomes.py::TestGroup::TestInner::test_param[2-b::c]": ("passed", None),
+    }
+    for nodeid, (outcome, when) in expected.items():
+        assert (results[nodeid]["outcome"], results[nodeid]["when"]) == (outcome, when), nodeid
+    assert "numbers differ" in results["test_outcomes.py::test_fails"]["message"]
+    assert results["test_outcomes.py::test_skipped"]["message"] == "not on this platform"
+    assert results["test_outcomes.py::test_xfailed"]["message"] == "known bug"
+    assert "setup broke" in results["test_outcomes.py::test_setup_error"]["message"]
+    assert "teardown broke" in results["test_outcomes.py::test_teardown_error"]["message"]
+    assert summary_lines(run.outlines) == [f"[testengine] sent 9 results to {collector.url}"]
+
+
+def test_location_timing_and_identity_fields(
+    pytester: pytest.Pytester, collector: CollectorProcess
+) -> None:
+    pytester.makepyfile(test_outcomes=SUITE)
+    sub = pytester.mkpydir("sub")
+    (sub / "test_nested.py").write_text("def test_in_sub():\n    pass\n")
+    run = pytester.runpytest_subprocess("--testengine", "-p", "no:cacheprovider")
+    results = by_nodeid(stored(collector, 10))
+    param = results["test_outcomes.py::TestGroup::TestInner::test_param[2-b::c]"]
+    assert param["file"] == "test_outcomes.py"
+    assert (param["scope"], param["name"], param["params"]) == (
+        "TestGroup::TestInner",
+        "test_param",
+        "2-b::c",
+    )
+    source = (pytester.path / "test_outcomes.py").read_text().splitlines()
+    decorator = next(i for i, line in enumerate(source, 1) if "parametrize" in line)
+    assert param["line"] == decorator  # pytest reports a decorated function at its decorator
+    nested = results["sub/test_nested.py::test_in_sub"]
+    assert (nested["file"], nested["line"], nested["scope"]) == ("sub/test_nested.py", 1, "")
+    for result in results.values():
+        assert min(result["setup"], result["call"], result["teardown"]) >= 0
+        assert result["duration"] == pytest.approx(
+            result["setup"] + result["call"] + result["teardown"]
+        )
+        assert result["start"] <= result["stop"]
+        assert (result["worker"], result["attempt"]) == (None, 1)
+        assert len(result["id"]) == 32
+    assert len({r["id"] for r in results.values()}) == 10
+    assert len({r["run_id"] for r in results.values()}) == 1
+    assert run.ret == pytest.ExitCode.TESTS_FAILED
+
+
+def test_tags_from_marker_fixture_hook_and_run(
+    pytester: pytest.Pytester, collector: CollectorProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.makeconftest(
+        """
+        def pytest_testengine_tags(item):
+            return {"area": "from-hook", "module": item.module.__name__}
+        """
+    )
+    pytester.makepyfile(
+        """
+        import pytest
+
+        pytestmark = pytest.mark.testengine(team="module-team", level="module")
+
+        @pytest.mark.testengine(tags={"team": "payments", "size": "small"})
+        def test_marked():
+            pass
+
+        def test_fixture(testengine_tags):
+            testengine_tags(area="from-fixture", attempt_no=1)
+            testengine_tags("single", "value")
+
+        def test_plain():
+            pass
+        """
+    )
+    monkeypatch.setenv("TESTENGINE_TAGS", "team=run-env,stage=ci")
+    run = pytester.runpytest_subprocess(
+        "--testengine", "--testengine-tag", "team=run-cli", "-p", "no:cacheprovider"
+    )
+    run.assert_outcomes(passed=3)
+    results = by_nodeid(stored(collector, 3))
+    mod = "test_tags_from_marker_fixture_hook_and_run"
+    assert results[f"{mod}.py::test_marked"]["tags"] == {
+        "team": "payments",
+        "level": "module",
+        "size": "small",
+        "area": "from-hook",
+        "module": mod,
+    }
+    assert results[f"{mod}.py::test_fixture"]["tags"] == {
+        "team": "module-team",
+        "level": "module",
+        "area": "from-fixture",
+        "module": mod,
+        "attempt_no": "1",
+        "single": "value",
+    }
+    (run_info,) = collector.runs()
+    assert run_info["tags"]["team"] == "run-cli"
+    assert run_info["tags"]["stage"] == "ci"
+    for key in ("host.os", "host.arch", "python.version", "ci.provider", "pytest.version"):
+        assert run_info["tags"][key], key
+    assert run_info["tags"]["ci.provider"] == "none"
+
+
+def test_tag_limits_leave_tags_out_with_a_message_not_a_failure(
+    pytester: pytest.Pytester, collector: CollectorProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.makepyfile(
+        """
+        def test_many(testengine_tags):
+            for i in range(5):
+                testengine_tags(f"k{i}", i)
+            testengine_tags("long", "x" * 50)
+        """
+    )
+    monkeypatch.setenv("TESTENGINE_MAX_TAGS", "3")
+    monkeypatch.setenv("TESTENGINE_MAX_TAG_LENGTH", "20")
+    run = pytester.runpytest_subprocess("--testengine", "-p", "no:cacheprovider")
+    run.assert_outcomes(passed=1)
+    (result,) = stored(collector, 1)
+    assert result["tags"] == {"k0": "0", "k1": "1", "k2": "2"}
+    mod = "test_tag_limits_leave_tags_out_with_a_message_not_a_failure"
+    assert summary_lines(run.outlines) == [
+        f"[testengine] sent 1 result to {collector.url}; tags left out for 1 test "
+        f"({mod}.py::test_many: 2 over the limit of 3 tags (TESTENGINE_MAX_TAGS) and 1 longer "
+        "than 20 characters (TESTENGINE_MAX_TAG_LENGTH))"
+    ]
+
+
+def test_collection_errors_are_recorded(
+    pytester: pytest.Pytester, collector: CollectorProcess
+) -> None:
+    pytester.makepyfile(
+        test_ok="def test_ok():\n    pass\n",
+        test_broken="import does_not_exist_anywhere\n",
+    )
+    run = pytester.runpytest_subprocess(
+        "--testengine", "--continue-on-collection-errors", "-p", "no:cacheprovider"
+    )
+    run.assert_outcomes(passed=1, errors=1)
+    results = by_nodeid(stored(collector, 2))
+    broken = results["test_broken.py"]
+    assert (broken["outcome"], broken["when"], broken["file"]) == (
+        "error",
+        "collect",
+        "test_broken.py",
+    )
+    assert "does_not_exist_anywhere" in broken["message"]
+    assert results["test_ok.py::test_ok"]["outcome"] == "passed"
+
+
+def test_failure_messages_are_truncated_at_the_limit(
+    pytester: pytest.Pytester, collector: CollectorProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.makepyfile(
+        """
+        def test_long():
+            raise ValueError("x" * 10000 + "THE END")
+        """
+    )
+    monkeypatch.setenv("TESTENGINE_MESSAGE_LIMIT", "500")
+    pytester.runpytest_subprocess("--testengine", "-p", "no:cacheprovider").assert_outcomes(
+        failed=1
+    )
+    (result,) = stored(collector, 1)
+    assert len(result["message"]) == 500
+    assert "THE END" in result["message"][-100:]  # the end, where the exception is, is kept
+    assert result["message"].startswith("def test_long():")
+    assert "characters truncated" in result["message"]
+
+
+def test_output_file_works_without_a_collector(
+    pytester: pytest.Pytester, collector: CollectorProcess
+) -> None:
+    pytester.makepyfile(test_outcomes=SUITE)
+    run = pytester.runpytest_subprocess(
+        "--testengine-output", "out/results.jsonl", "-p", "no:cacheprovider"
+    )
+    out = pytester.path / "out" / "results.jsonl"
+    lines = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+    assert lines[0]["schema"] == 1
+    assert lines[0]["run"]["suite"] == "default"
+    outcomes = sorted(line["result"]["outcome"] for line in lines[1:])
+    assert outcomes == sorted(
+        ["passed", "passed", "passed", "failed", "skipped", "xfailed", "xpassed", "error", "error"]
+    )
+    assert summary_lines(run.outlines) == [f"[testengine] wrote 9 results to {out}"]
+    assert collector.results() == []  # not enabled: nothing was sent
+
+
+def test_output_file_and_collector_get_the_same_results(
+    pytester: pytest.Pytester, collector: CollectorProcess
+) -> None:
+    pytester.makepyfile(test_outcomes=SUITE)
+    run = pytester.runpytest_subprocess(
+        "--testengine", "--testengine-output", "results.jsonl", "-p", "no:cacheprovider"
+    )
+    lines = (pytester.path / "results.jsonl").read_bytes().splitlines()
+    from_file = {orjson.loads(line)["result"]["id"] for line in lines[1:]}
+    from_collector = {r["id"] for r in stored(collector, 9)}
+    assert from_file == from_collector
+    assert len(from_file) == 9
+    assert summary_lines(run.outlines) == [
+        f"[testengine] sent 9 results to {collector.url}; wrote 9 results to "
+        f"{Path(pytester.path, 'results.jsonl')}"
+    ]
