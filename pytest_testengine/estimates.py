@@ -176,7 +176,7 @@ def estimate(
     if not missing:
         return Estimates(seconds=seconds, sources=sources)
 
-    pool = _Pool(durations, known)
+    pool = _Pool(durations, known, {file_of(test_id) for test_id in missing})
     for test_id in missing:
         base = pool.siblings(function_of(test_id))
         source: EstimateSource = "siblings"
@@ -194,10 +194,10 @@ def estimate(
 class _Pool:
     """The known durations grouped by function, file and suite; medians computed on demand."""
 
-    def __init__(self, durations: Mapping[str, float], known: list[float]) -> None:
+    def __init__(self, durations: Mapping[str, float], known: list[float], files: set[str]) -> None:
         self._durations = durations
         self._known = known  # durations of the collected tests with history
-        self._functions = _by_function(durations)
+        self._functions = _by_function(durations, files)
         self._files: dict[str, list[str]] | None = None
         self._function_medians: dict[str, float | None] = {}
         self._file_medians: dict[str, float | None] = {}
@@ -239,11 +239,13 @@ def _valid(values: list[float]) -> list[float]:
     ]
 
 
-def _by_function(durations: Mapping[str, float]) -> dict[str, list[float]]:
-    """Every known value grouped by the node id without parameters."""
+def _by_function(durations: Mapping[str, float], files: set[str]) -> dict[str, list[float]]:
+    """The known values of the tests in *files*, grouped by the node id without parameters."""
     groups: dict[str, list[float]] = {}
     for test_id, value in durations.items():
-        # function_of, inlined: this loop runs over the whole history
+        # this loop runs over the whole history: file_of and function_of inlined
+        if test_id.partition("::")[0] not in files:
+            continue
         bracket = test_id.find("[")
         if bracket < 0:
             function = test_id
