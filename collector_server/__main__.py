@@ -67,6 +67,23 @@ def refuse_open_bind(settings: CollectorSettings) -> str | None:
     )
 
 
+def check_data_dir(data_dir: Path) -> str | None:
+    """Create the data directory; the message to exit with when it is not usable, else None."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return (
+            f"[testengine] cannot create the data directory {data_dir}: {exc.strerror}; "
+            "expected a writable directory: pass another one with --data-dir"
+        )
+    if not os.access(data_dir, os.W_OK | os.X_OK):
+        return (
+            f"[testengine] the data directory {data_dir} is not writable; expected a writable "
+            "directory: fix its permissions or pass another one with --data-dir"
+        )
+    return None
+
+
 def url_of(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
@@ -106,7 +123,7 @@ async def _serve(settings: CollectorSettings) -> int:
 
 def serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     settings = resolve(vars(args), environ)
-    refusal = refuse_open_bind(settings)
+    refusal = refuse_open_bind(settings) or check_data_dir(settings.data_dir)
     if refusal:
         print(refusal, file=sys.stderr)
         return 2

@@ -307,3 +307,23 @@ async def test_not_ready_before_startup(settings: CollectorSettings) -> None:
     async with httpx.AsyncClient(transport=transport, base_url="http://c") as client:
         assert (await client.get("/readyz")).status_code == 503
         assert (await client.get("/healthz")).status_code == 200
+
+
+async def test_empty_batch_is_accepted(client: httpx.AsyncClient, app: Starlette) -> None:
+    assert (await post(client, batch(0))).json() == {"accepted": 0}
+    assert collector_of(app).parts.sink.status()["last_offset"] == 0
+
+
+async def test_suite_names_with_slashes_and_spaces(
+    client: httpx.AsyncClient, app: Starlette
+) -> None:
+    sent = batch(2, suite="team a/unit tests")
+    await post(client, sent)
+    await caught_up(app)
+    for path in (
+        "/v1/suites/team a/unit tests/results",
+        "/v1/suites/team%20a%2Funit%20tests/tests",
+    ):
+        assert len((await client.get(path)).json()["items"]) == 2, path
+    suites = (await client.get("/v1/suites")).json()["items"]
+    assert [s["suite"] for s in suites] == ["team a/unit tests"]

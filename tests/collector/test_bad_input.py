@@ -293,12 +293,20 @@ async def test_bad_body_or_headers(
 
 
 def gzip_bomb(size: int) -> bytes:
-    """``size`` zero bytes, gzip-compressed (about size/1000 bytes), built without holding them."""
+    """A gzip stream of ``size`` zero bytes (about size/1000 bytes long), made in no time: one
+    compressed MiB after a full flush is self-contained, so it is repeated (no trailer: the
+    collector must stop long before the end)."""
     packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-    chunk = b"\0" * (1 << 20)
-    parts = [packer.compress(chunk) for _ in range(size >> 20)]
-    parts.append(packer.flush())
-    return b"".join(parts)
+    mib = b"\0" * (1 << 20)
+    head = packer.compress(mib) + packer.flush(zlib.Z_FULL_FLUSH)
+    block = packer.compress(mib) + packer.flush(zlib.Z_FULL_FLUSH)
+    return head + block * ((size >> 20) - 1)
+
+
+def test_gzip_bomb_helper_really_expands() -> None:
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    bomb = gzip_bomb(64 << 20)
+    assert len(inflater.decompress(bomb)) == 64 << 20
 
 
 async def test_gzip_bomb_is_413_without_inflating_it(client: httpx.AsyncClient) -> None:

@@ -166,3 +166,35 @@ def test_wait_caught_up_times_out(tmp_path: Path) -> None:
     log.close()
     store.close()
     done.set()
+
+
+class FlakyStore(SqliteStore):
+    """Fails the first ``failures`` writes, like a full disk that gets space back."""
+
+    failures = 2
+
+    def write(self, records, *, offsets=None):  # type: ignore[no-untyped-def]
+        if self.failures:
+            self.failures -= 1
+            raise sqlite3.OperationalError("database or disk is full")
+        return super().write(records, offsets=offsets)
+
+
+def test_processor_retries_a_failing_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr("collector_server.processor.RETRY_WAIT", 0.01)
+    log = LocalLog(tmp_path / "log.db")
+    log.open()
+    store = FlakyStore(tmp_path / "store.db").open()
+    log.append([encode_entry(records_of("t", batch(3)))])
+    processor = LocalProcessor(log, store)
+    processor.start()
+    try:
+        assert processor.wait_caught_up(10.0)
+    finally:
+        processor.stop()
+    assert len(store.results("t", "default", limit=10).items) == 3
+    assert "database or disk is full; retrying" in caplog.text
+    log.close()
+    store.close()

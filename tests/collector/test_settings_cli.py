@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from collector_server.__main__ import main
+from collector_server.__main__ import main, refuse_open_bind
 from collector_server.auth import TokenStore, hash_token
 from collector_server.errors import SettingsError
 from collector_server.settings import CollectorSettings, is_loopback_host, resolve
@@ -141,3 +141,22 @@ def test_corrupt_token_file_is_reported(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["tokens", "create", "--tenant", "a", "--data-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"[testengine] token file {tmp_path / 'tokens.json'} is not valid")
+
+
+def test_serve_reports_an_unusable_data_dir(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["serve", "--data-dir", str(blocker / "data")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"[testengine] cannot create the data directory {blocker / 'data'}: Not a directory; "
+        "expected a writable directory: pass another one with --data-dir"
+    )
+
+
+def test_non_loopback_is_allowed_once_a_token_exists(tmp_path: Path) -> None:
+    settings = CollectorSettings(host="0.0.0.0", data_dir=tmp_path)
+    assert refuse_open_bind(settings) is not None
+    TokenStore(tmp_path).create("acme")
+    assert refuse_open_bind(settings) is None

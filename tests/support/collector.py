@@ -25,6 +25,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -231,7 +232,7 @@ class CollectorProcess:
     ) -> list[dict[str, Any]]:
         """All raw results of a suite stored so far (the processor may still be behind)."""
         params = {"run_id": run_id} if run_id else {}
-        return self.items(f"/v1/suites/{suite}/results", token=token, **params)
+        return self.items(f"/v1/suites/{_quote(suite)}/results", token=token, **params)
 
     def wait_for_results(
         self,
@@ -253,13 +254,17 @@ class CollectorProcess:
         return found
 
     def tests(self, suite: str = "default", *, token: str | None = None) -> list[dict[str, Any]]:
-        return self.items(f"/v1/suites/{suite}/tests", token=token)
+        return self.items(f"/v1/suites/{_quote(suite)}/tests", token=token)
 
     def runs(self, suite: str = "default", *, token: str | None = None) -> list[dict[str, Any]]:
-        return self.items(f"/v1/suites/{suite}/runs", token=token)
+        return self.items(f"/v1/suites/{_quote(suite)}/runs", token=token)
 
     def suites(self, *, token: str | None = None) -> list[dict[str, Any]]:
         return self.items("/v1/suites", token=token)
+
+
+def _quote(suite: str) -> str:
+    return urllib.parse.quote(suite, safe="")
 
 
 CollectorFactory = Callable[..., CollectorProcess]
