@@ -18,8 +18,9 @@ ALLOWED_FOR_COLLECTOR = {
     "pytest_testengine.__version__",
     "pytest_testengine.model",
     "pytest_testengine.splitting",
+    "pytest_testengine.estimates",
 }
-PURE_MODULES = ["model", "splitting", "ci", "config"]
+PURE_MODULES = ["model", "splitting", "estimates", "ci", "config"]
 
 
 def imported_modules(path: Path) -> set[str]:
