@@ -76,6 +76,7 @@ class Parts:
                 self.sink.log,
                 self.store,
                 batch_records=settings.processor_batch,
+                linger=settings.processor_linger,
                 on_applied=metrics.on_applied,
             )
             await run_in_threadpool(self.processor.start)

@@ -45,12 +45,14 @@ class LocalProcessor:
         store: Store,
         *,
         batch_records: int = 5000,
+        linger: float = 0.0,
         source: str = SOURCE,
         on_applied: Callable[[int, int], None] | None = None,
     ) -> None:
         self.log = log_
         self.store = store
         self.batch_records = batch_records
+        self.linger = linger
         self.source = source
         self.on_applied = on_applied
         self.offset = 0
@@ -59,7 +61,7 @@ class LocalProcessor:
         self._handoff_records = 0
         self._handoff_lock = threading.Lock()
         self._wake = threading.Event()
-        self._stopping = False
+        self._stopping = threading.Event()
         self._progress = threading.Condition()
         self._thread: threading.Thread | None = None
 
@@ -76,7 +78,7 @@ class LocalProcessor:
             )
             self.offset = 0
         self.log.mark_consumed(self.offset)
-        self._stopping = False
+        self._stopping.clear()
         self._thread = threading.Thread(target=self._run, name="testengine-processor")
         self._thread.start()
 
@@ -109,7 +111,7 @@ class LocalProcessor:
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop after applying what the log holds (for up to DRAIN_TIME seconds)."""
-        self._stopping = True
+        self._stopping.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
@@ -178,8 +180,10 @@ class LocalProcessor:
             log.warning("[testengine] stopped with log entries left to apply: %s", exc)
 
     def _loop(self) -> None:
-        while not self._stopping:
+        while not self._stopping.is_set():
             self._wake.clear()
+            if self.linger and self._handoff_records < self.batch_records:
+                self._stopping.wait(self.linger)  # gather more into one transaction
             try:
                 applied = self.step()
                 self.error = None

@@ -67,6 +67,14 @@ def parse_seconds(text: str) -> float:
     return value
 
 
+def parse_seconds_or_zero(text: str) -> float:
+    expected = "expected a number of seconds >= 0"
+    value: float = _number(text, float, expected)
+    if not 0 <= value < float("inf"):
+        raise ValueError(expected)
+    return value
+
+
 def parse_log_level(text: str) -> str:
     value = text.strip().lower()
     if value not in {"critical", "error", "warning", "info", "debug", "trace"}:
@@ -114,6 +122,11 @@ class CollectorSettings:
     # behaviour
     retry_after: float = option(
         1.0, "seconds a client is told to wait when the sink is unavailable", parse=parse_seconds
+    )
+    processor_linger: float = option(
+        0.05,
+        "seconds the processor waits to gather more records into one store transaction",
+        parse=parse_seconds_or_zero,
     )
     processor_batch: int = option(
         5000,
