@@ -15,16 +15,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import fcntl
 import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import IO
 
 from collector_server.auth import TokenStore
 from collector_server.errors import CollectorError
 from collector_server.settings import CollectorSettings, add_arguments, env_of, resolve
 
+LOCK_FILE = "collector.lock"
 STARTUP_POLL = 0.02  # seconds between checks that the server has bound its socket
 
 
@@ -84,6 +87,28 @@ def check_data_dir(data_dir: Path) -> str | None:
     return None
 
 
+def lock_data_dir(data_dir: Path) -> IO[str] | str:
+    """Hold ``collector.lock`` in the data directory for the life of the process (released
+    by the OS even on kill -9); the message to exit with when another collector holds it."""
+    handle = open(data_dir / LOCK_FILE, "a+")  # noqa: SIM115 (held until exit)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        return (
+            f"[testengine] another collector (pid {holder}) is using the data directory "
+            f"{data_dir}; expected one collector per data directory: stop it or pass another "
+            "--data-dir"
+        )
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
 def url_of(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
@@ -127,6 +152,10 @@ def serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     if refusal:
         print(refusal, file=sys.stderr)
         return 2
+    lock = lock_data_dir(settings.data_dir)
+    if isinstance(lock, str):
+        print(lock, file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
@@ -136,6 +165,8 @@ def serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         return int(exc.code or 1)
     except KeyboardInterrupt:
         return 130
+    finally:
+        lock.close()
 
 
 def tokens(args: argparse.Namespace, environ: Mapping[str, str]) -> int:

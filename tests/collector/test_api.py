@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Sequence
 
 import anyio
@@ -327,3 +328,15 @@ async def test_suite_names_with_slashes_and_spaces(
         assert len((await client.get(path)).json()["items"]) == 2, path
     suites = (await client.get("/v1/suites")).json()["items"]
     assert [s["suite"] for s in suites] == ["team a/unit tests"]
+
+
+async def test_results_are_queryable_within_two_seconds_of_the_202(
+    client: httpx.AsyncClient, app: Starlette
+) -> None:
+    sent = batch(500)
+    started = time.monotonic()
+    assert (await post(client, sent)).status_code == 202
+    await caught_up(app, timeout=2.0)
+    page = (await client.get("/v1/suites/default/results", params={"limit": 1000})).json()
+    assert len(page["items"]) == 500
+    assert time.monotonic() - started < 2.0

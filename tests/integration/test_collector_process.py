@@ -77,3 +77,18 @@ def test_factory_passes_settings_from_env(collector_factory: CollectorFactory) -
     assert response.json()["error"]["field"] == "results"
     assert collector.get("/healthz").json() == {"status": "ok"}
     assert "testengine_http_requests_total" in collector.get("/metrics").text
+
+
+def test_one_collector_per_data_dir(collector: CollectorProcess) -> None:
+    command = [sys.executable, "-m", "collector_server", "serve", "--port", str(free_port())]
+    command += ["--data-dir", str(collector.data_dir)]
+    done = subprocess.run(
+        command, capture_output=True, text=True, env=collector_env(), timeout=60, check=False
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        f"[testengine] another collector (pid {collector.proc.pid if collector.proc else '?'}) "
+        f"is using the data directory {collector.data_dir}; expected one collector per data "
+        "directory: stop it or pass another --data-dir"
+    )
+    assert collector.get("/readyz").status_code == 200
