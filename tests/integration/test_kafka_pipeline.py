@@ -1,0 +1,185 @@
+"""Kafka sink -> real broker -> consumer group -> store: counts, record format, dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from pathlib import Path
+
+import orjson
+import pytest
+from prometheus_client import CollectorRegistry
+
+from collector_server.consumer import ResultConsumer, decode_message
+from collector_server.kafka_admin import partition_count
+from collector_server.kafka_metrics import KafkaMetrics
+from collector_server.sinks.kafka import KafkaSink
+from pytest_testengine.model import Record, decode_record, encode_record, new_id
+from tests.support.kafka_io import consuming, header, produce, read_all, sample_records
+from tests.support.memory_store import MemoryStore
+
+FAST_GROUP = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}
+
+
+async def publish_all(sink: KafkaSink, batches: list[list[Record]]) -> None:
+    await sink.start()
+    try:
+        for batch in batches:
+            await sink.publish(batch)
+    finally:
+        await sink.close()
+
+
+def test_published_results_are_stored_exactly_once(
+    kafka_bootstrap: str, kafka_topic: str, tmp_path: Path
+) -> None:
+    batches = [sample_records(100, tenant=f"t{i % 3}", suite=f"s{i % 2}") for i in range(10)]
+    registry = CollectorRegistry()
+    sink = KafkaSink(
+        kafka_bootstrap,
+        tmp_path / "wal",
+        topic=kafka_topic,
+        partitions=4,
+        metrics=KafkaMetrics(registry),
+    )
+    asyncio.run(publish_all(sink, batches))
+
+    assert partition_count(kafka_bootstrap, kafka_topic) == 4
+    assert sink.wal.depth == 0
+    assert registry.get_sample_value("testengine_kafka_delivered_records_total") == 1000
+    assert registry.get_sample_value("testengine_kafka_produce_seconds_count") == 10
+    store = MemoryStore()
+    consumer = ResultConsumer(
+        kafka_bootstrap,
+        kafka_topic,
+        "processors",
+        store,
+        batch_size=128,
+        consumer_config=FAST_GROUP,
+    )
+    with consuming(consumer) as stats:
+        assert store.wait_for(1000, timeout=20), f"stored {len(store.ids)} of 1000"
+    expected = {r.result.id for batch in batches for r in batch}
+    assert store.ids == expected
+    assert store.duplicates == 0
+    assert stats.records == 1000
+    assert stats.malformed == 0
+    assert stats.commits >= 1
+
+
+def test_record_key_value_and_headers(
+    kafka_bootstrap: str, kafka_topic: str, tmp_path: Path
+) -> None:
+    records = sample_records(3, tenant="acme", suite="api")
+    sink = KafkaSink(kafka_bootstrap, tmp_path / "wal", topic=kafka_topic, partitions=2)
+    asyncio.run(publish_all(sink, [records]))
+
+    messages = read_all(kafka_bootstrap, kafka_topic, expected=3)
+    assert len(messages) == 3
+    by_id = {r.result.id: r for r in records}
+    for message in messages:
+        value = message.value()
+        assert value is not None
+        record = decode_record(value)
+        original = by_id[record.result.id]
+        assert message.key() == f"acme/api/{original.result.nodeid}".encode()
+        assert value == encode_record(original)
+        assert orjson.loads(value)["schema"] == 1
+        assert message.headers() == [("schema", b"1"), ("tenant", b"acme")]
+    # every execution of one test lands in the same partition
+    again = [
+        dataclasses.replace(r, result=dataclasses.replace(r.result, id=new_id())) for r in records
+    ]
+    asyncio.run(
+        publish_all(KafkaSink(kafka_bootstrap, tmp_path / "wal", topic=kafka_topic), [again])
+    )
+    partitions: dict[bytes | str | None, set[int | None]] = {}
+    for message in read_all(kafka_bootstrap, kafka_topic, expected=6):
+        partitions.setdefault(message.key(), set()).add(message.partition())
+    assert len(partitions) == 3
+    assert all(len(p) == 1 for p in partitions.values())
+
+
+MALFORMED = [
+    pytest.param(b"not json at all", "JSONDecodeError", id="not-json"),
+    pytest.param(b'{"schema": 99}', "ValueError: not a testengine record", id="other-schema"),
+    pytest.param(b"[1, 2, 3]", "ValueError: not a testengine record", id="not-an-object"),
+]
+
+
+def test_malformed_records_go_to_the_dead_letter_topic(
+    kafka_bootstrap: str, kafka_topic: str
+) -> None:
+    good = sample_records(6)
+    bad_outcome = orjson.loads(encode_record(good[0]))
+    bad_outcome["result"]["id"] = "bad-outcome"
+    bad_outcome["result"]["outcome"] = "exploded"
+    raw: list[Record | bytes] = [
+        *good[:3],
+        b"not json at all",
+        b'{"schema": 99}',
+        orjson.dumps(bad_outcome),
+        *good[3:],
+    ]
+    produce(kafka_bootstrap, kafka_topic, raw)
+    store = MemoryStore()
+    registry = CollectorRegistry()
+    consumer = ResultConsumer(
+        kafka_bootstrap,
+        kafka_topic,
+        "processors",
+        store,
+        batch_size=2,  # malformed records in the middle of several batches
+        partitions=1,
+        consumer_config=FAST_GROUP,
+        metrics=KafkaMetrics(registry),
+    )
+    with consuming(consumer) as stats:
+        assert store.wait_for(6, timeout=20)
+    assert store.ids == {r.result.id for r in good}
+    assert stats.malformed == 3
+    assert registry.get_sample_value("testengine_consumer_malformed_records_total") == 3
+
+    dead = read_all(kafka_bootstrap, f"{kafka_topic}.dlq", expected=3)
+    assert [m.value() for m in dead] == raw[3:6]
+    errors = [header(m, "testengine.error") for m in dead]
+    assert errors[0].startswith(b"JSONDecodeError")
+    assert errors[1] == b"ValueError: not a testengine record of schema version 1"
+    assert errors[2].startswith(b"result.outcome 'exploded' is not one of")
+    assert [header(m, "testengine.source.offset") for m in dead] == [
+        b"3",
+        b"4",
+        b"5",
+    ]
+
+
+@pytest.mark.parametrize(("value", "reason"), MALFORMED)
+def test_decode_message_names_the_problem(value: bytes, reason: str) -> None:
+    record, problem = decode_message(value)
+    assert record is None
+    assert problem is not None
+    assert problem.startswith(reason)
+
+
+def test_a_failed_store_write_is_retried_before_the_commit(
+    kafka_bootstrap: str, kafka_topic: str
+) -> None:
+    records = sample_records(50)
+    produce(kafka_bootstrap, kafka_topic, records)
+    store = MemoryStore()
+    store.fail_writes = 2
+    consumer = ResultConsumer(
+        kafka_bootstrap,
+        kafka_topic,
+        "processors",
+        store,
+        batch_size=50,
+        partitions=1,
+        consumer_config=FAST_GROUP,
+    )
+    with consuming(consumer) as stats:
+        assert store.wait_for(50, timeout=20)
+    assert store.ids == {r.result.id for r in records}
+    assert store.duplicates == 0
+    assert stats.retries == 2
+    assert store.calls == 3
