@@ -1,0 +1,97 @@
+"""The Kafka record format and the consumer's checks, without a broker."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from collector_server.consumer import check_record, decode_message
+from collector_server.sinks.kafka import Outgoing
+from pytest_testengine.model import Record, Result, RunInfo, decode_record, encode_record
+
+RUN = RunInfo(run_id="r1", suite="unit")
+RESULT = Result(
+    id="a" * 32,
+    nodeid="tests/test_x.py::test_y[1]",
+    file="tests/test_x.py",
+    name="test_y",
+    outcome="passed",
+)
+RECORD = Record("acme", RUN, RESULT)
+
+
+def test_outgoing_carries_key_value_and_headers() -> None:
+    out = Outgoing.of(RECORD)
+    assert out.key == b"acme/unit/tests/test_x.py::test_y[1]"
+    assert out.value == encode_record(RECORD)
+    assert out.headers() == [("schema", b"1"), ("tenant", b"acme")]
+
+
+@given(
+    tenant=st.text(min_size=1, max_size=30),
+    nodeid=st.text(min_size=1, max_size=200),
+    suite=st.text(min_size=1, max_size=30),
+)
+def test_wal_entries_round_trip(tenant: str, nodeid: str, suite: str) -> None:
+    record = Record(
+        tenant,
+        dataclasses.replace(RUN, suite=suite),
+        dataclasses.replace(RESULT, nodeid=nodeid),
+    )
+    out = Outgoing.of(record)
+    back = Outgoing.from_entry(out.to_entry())
+    assert back == out
+    assert decode_record(back.value) == record
+
+
+def encoded(**changes: object) -> bytes:
+    data = orjson.loads(encode_record(RECORD))
+    for path, value in changes.items():
+        section, name = path.split("__")
+        data[section][name] = value
+    return orjson.dumps(data)
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        pytest.param(None, "the record has no value", id="tombstone"),
+        pytest.param(b"\xff\xfe", "JSONDecodeError: ", id="not-utf8"),
+        pytest.param(
+            b'{"schema": 2}',
+            "ValueError: not a testengine record of schema version 1",
+            id="schema-2",
+        ),
+        pytest.param(
+            encoded(result__outcome="exploded"),
+            "result.outcome 'exploded' is not one of "
+            "['error', 'failed', 'passed', 'skipped', 'xfailed', 'xpassed']",
+            id="outcome",
+        ),
+        pytest.param(encoded(result__id=""), "result.id must be a non-empty string", id="empty-id"),
+        pytest.param(encoded(result__id=7), "result.id must be a non-empty string", id="int-id"),
+        pytest.param(
+            encoded(result__duration="1s"),
+            "result.duration must be a number, not str",
+            id="duration",
+        ),
+        pytest.param(
+            encoded(run__run_id=None), "run.run_id must be a non-empty string", id="run-id"
+        ),
+        pytest.param(encoded(run__suite=""), "run.suite must be a non-empty string", id="suite"),
+    ],
+)
+def test_malformed_values_are_named(value: bytes | None, problem: str) -> None:
+    record, reason = decode_message(value)
+    assert record is None
+    assert reason is not None
+    assert reason.startswith(problem)
+
+
+def test_a_good_value_decodes() -> None:
+    assert decode_message(encode_record(RECORD)) == (RECORD, None)
+    assert check_record(RECORD) is None
