@@ -18,12 +18,27 @@ Outcome rules, matching pytest's own counting:
 
 from __future__ import annotations
 
+import itertools
+import secrets
+from collections.abc import Callable
 from typing import Any, Final
 
-from pytest_testengine.model import new_id
 from pytest_testengine.tags import REPORT_ATTR, Limits, limit_tags
 
 _SKIP_PREFIX: Final = "Skipped: "
+_PHASES: Final = frozenset({"setup", "call", "teardown"})
+
+
+class IdSequence:
+    """Result ids in the shape of ``model.new_id()`` (32 hex digits), made cheaply: 80 random
+    bits per session followed by a counter, so ids never repeat across runs or within one."""
+
+    def __init__(self) -> None:
+        self._prefix = secrets.token_hex(10)
+        self._next = itertools.count().__next__
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{self._next():012x}"
 
 
 def split_nodeid(nodeid: str) -> tuple[str, str, str, str | None]:
@@ -90,9 +105,16 @@ def _phase_outcome(report: Any, when: str) -> tuple[str, str | None]:
 class Assembler:
     """Turns reports into result dicts; one instance per session (holds open executions)."""
 
-    def __init__(self, *, message_limit: int = 4096, limits: Limits | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        message_limit: int = 4096,
+        limits: Limits | None = None,
+        new_id: Callable[[], str] | None = None,
+    ) -> None:
         self.message_limit = message_limit
         self.limits = limits or Limits()
+        self.new_id = new_id or IdSequence()
         self._open: dict[tuple[str | None, str], dict[str, Any]] = {}
         self._reruns: dict[str, int] = {}  # only tests that were rerun
         #: Notes about tags left out, at most a few (with the count of all of them).
@@ -101,40 +123,41 @@ class Assembler:
 
     def test_report(self, report: Any) -> dict[str, Any] | None:
         """Take one phase report; return the finished result on the teardown report."""
+        attrs = vars(report)  # plain dict lookups: this runs three times per test
         nodeid: str = report.nodeid
-        worker: str | None = getattr(report, "worker_id", None)
+        worker: str | None = attrs.get("worker_id")
         key = (worker, nodeid)
-        when: str = report.when
+        when: str = attrs["when"]
         last = when == "teardown"
-        if when not in ("setup", "call", "teardown"):  # e.g. xdist's report of a crashed worker
+        if when not in _PHASES:  # e.g. xdist's report of a crashed worker
             when, last = "call", True
         result = self._open.get(key)
         if result is None:
-            result = self._start(report, nodeid, worker)
-            self._open[key] = result
-        result[when] = report.duration
-        if report.outcome != "passed" or hasattr(report, "wasxfail"):
+            result = self._open[key] = self._start(attrs, nodeid, worker)
+        result[when] = attrs["duration"]
+        if attrs["outcome"] != "passed" or "wasxfail" in attrs:
             self._apply(result, report, when)
         if not last:
             return None
         del self._open[key]
-        return self._finish(result, report)
+        return self._finish(result, attrs)
 
     def unfinished(self) -> list[dict[str, Any]]:
         """Executions that never got their teardown report (an interrupted run), finished
         with what is known."""
-        results = [self._finish(result, None) for result in self._open.values()]
+        results = [self._finish(result, {}) for result in self._open.values()]
         self._open.clear()
         return results
 
-    def _finish(self, result: dict[str, Any], report: Any) -> dict[str, Any]:
+    def _finish(self, result: dict[str, Any], attrs: dict[str, Any]) -> dict[str, Any]:
         nodeid = result["nodeid"]
         result["duration"] = duration = result["setup"] + result["call"] + result["teardown"]
-        result["stop"] = getattr(report, "stop", 0.0) or result["start"] + duration
-        tags = getattr(report, REPORT_ATTR, None)
+        result["stop"] = attrs.get("stop") or result["start"] + duration
+        tags = attrs.get(REPORT_ATTR)
         if tags:
             result["tags"] = self._limit(nodeid, tags)
-        if result.pop("_rerun", False):
+        if "_rerun" in result:
+            del result["_rerun"]
             self._reruns[nodeid] = self._reruns.get(nodeid, 0) + 1
         return result
 
@@ -149,7 +172,7 @@ class Assembler:
         else:
             outcome, message = "error", _failure_text(report)
         return {
-            "id": new_id(),
+            "id": self.new_id(),
             "nodeid": nodeid,
             "file": file,
             "name": name,
@@ -170,12 +193,12 @@ class Assembler:
             "tags": {},
         }
 
-    def _start(self, report: Any, nodeid: str, worker: str | None) -> dict[str, Any]:
+    def _start(self, attrs: dict[str, Any], nodeid: str, worker: str | None) -> dict[str, Any]:
         file, scope, name, params = split_nodeid(nodeid)
-        location = report.location
+        location = attrs.get("location")
         line = location[1] if location else None
         return {
-            "id": new_id(),
+            "id": self.new_id(),
             "nodeid": nodeid,
             "file": location[0] if location else file,
             "name": name,
@@ -188,11 +211,11 @@ class Assembler:
             "call": 0.0,
             "teardown": 0.0,
             "duration": 0.0,
-            "start": getattr(report, "start", 0.0),
+            "start": attrs.get("start", 0.0),
             "stop": 0.0,
             "message": None,
             "worker": worker,
-            "attempt": self._reruns.get(nodeid, 0) + 1,
+            "attempt": self._reruns.get(nodeid, 0) + 1 if self._reruns else 1,
             "tags": {},
         }
 

@@ -12,17 +12,22 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import pytest
 
 from pytest_testengine import hookspecs, options
 from pytest_testengine.ci import detect
 from pytest_testengine.config import ConfigError, Settings, resolve
-from pytest_testengine.recording import FIXTURE_TAGS, Recorder, Tagger
 from pytest_testengine.tags import MARKER_HELP
 
+if TYPE_CHECKING:
+    from pytest_testengine.recording import Recorder
+
 SETTINGS = pytest.StashKey[Settings]()
-RECORDER = pytest.StashKey[Recorder]()
+RECORDER: pytest.StashKey[Recorder] = pytest.StashKey()
+#: Tags added at run time by the ``testengine_tags`` fixture.
+FIXTURE_TAGS = pytest.StashKey[dict[str, str]]()
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -52,9 +57,11 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[SETTINGS] = settings
     if not settings.active or config.option.collectonly:
         return
-    config.pluginmanager.register(Tagger(), "testengine-tagger")
+    from pytest_testengine import recording  # only now: httpx and the sender cost imports
+
+    config.pluginmanager.register(recording.Tagger(FIXTURE_TAGS), "testengine-tagger")
     if not hasattr(config, "workerinput"):  # not an xdist worker: results are sent from here
-        recorder = Recorder(config, settings)
+        recorder = recording.Recorder(config, settings)
         config.stash[RECORDER] = recorder
         config.pluginmanager.register(recorder, "testengine-recorder")
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import platform
 import shlex
 import sys
-from collections.abc import Generator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -38,40 +38,54 @@ from pytest_testengine.tags import (
 )
 from pytest_testengine.transport import Transport
 
-#: Tags added at run time by the ``testengine_tags`` fixture.
-FIXTURE_TAGS: Final = pytest.StashKey[dict[str, str]]()
-
 PREFIX: Final = "[testengine]"
 
 
-def gather_tags(item: pytest.Item) -> dict[str, str]:
+def gather_tags(
+    item: pytest.Item, fixture_key: pytest.StashKey[dict[str, str]], *, hook: bool = True
+) -> dict[str, str]:
     """Markers, then the ``pytest_testengine_tags`` hook, then the fixture (highest)."""
     tags = marker_tags(item.iter_markers(MARKER))
-    for found in item.ihook.pytest_testengine_tags(item=item):
-        if isinstance(found, Mapping):
-            tags.update({str(k): str(v) for k, v in found.items()})
-    fixture_tags = item.stash.get(FIXTURE_TAGS, None)
+    if hook:
+        for found in item.ihook.pytest_testengine_tags(item=item):
+            if isinstance(found, Mapping):
+                tags.update({str(k): str(v) for k, v in found.items()})
+    fixture_tags = item.stash.get(fixture_key, None)
     if fixture_tags:
         tags.update(fixture_tags)
     return tags
 
 
 class Tagger:
-    """Attaches each test's tags to its teardown report."""
+    """Attaches each test's tags to its teardown report, where the test runs.
 
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_makereport(
-        self, item: pytest.Item, call: pytest.CallInfo[None]
-    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-        report = yield
-        if call.when == "teardown":
-            try:
-                tags = gather_tags(item)
-            except Exception as exc:  # a broken hook implementation must not break the run
-                tags = {"testengine.error": f"tags: {type(exc).__name__}: {exc}"[:200]}
+    Tags are gathered when the teardown phase starts (so the fixture's tags from the test body
+    count) and put on the teardown report before anything else sees it: pytest-xdist
+    serialises the report, attribute included, to the controller.
+    """
+
+    def __init__(self, fixture_key: pytest.StashKey[dict[str, str]]) -> None:
+        self.fixture_key = fixture_key
+        self._tags: dict[str, dict[str, str]] = {}
+        self._hook: bool | None = None  # whether any plugin implements the tags hook
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_teardown(self, item: pytest.Item) -> None:
+        if self._hook is None:
+            self._hook = bool(item.config.hook.pytest_testengine_tags.get_hookimpls())
+        try:
+            tags = gather_tags(item, self.fixture_key, hook=self._hook)
+        except Exception as exc:  # a broken hook implementation must not break the run
+            tags = {"testengine.error": f"tags: {type(exc).__name__}: {exc}"[:128]}
+        if tags:
+            self._tags[item.nodeid] = tags
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if self._tags and report.when == "teardown":
+            tags = self._tags.pop(report.nodeid, None)
             if tags:
                 setattr(report, REPORT_ATTR, tags)
-        return report
 
 
 def run_info(settings: Settings, *, pytest_version: str) -> dict[str, Any]:

@@ -114,12 +114,15 @@ class ScriptedServer:
                     )
                 if answer.delay:
                     server._stop.wait(answer.delay)
-                self.send_response(answer.status)
-                for key, value in answer.headers.items():
-                    self.send_header(key, value)
-                self.send_header("Content-Length", str(len(answer.body)))
-                self.end_headers()
-                self.wfile.write(answer.body)
+                try:
+                    self.send_response(answer.status)
+                    for key, value in answer.headers.items():
+                        self.send_header(key, value)
+                    self.send_header("Content-Length", str(len(answer.body)))
+                    self.end_headers()
+                    self.wfile.write(answer.body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up waiting (a deliberately slow answer): expected
 
         return Handler
 
