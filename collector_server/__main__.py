@@ -3,6 +3,7 @@
 ::
 
     testengine-collector serve [--host 127.0.0.1] [--port 8765] [--data-dir DIR] [...]
+    testengine-collector process --kafka-bootstrap HOST:PORT [--data-dir DIR] [...]
     testengine-collector tokens create --tenant NAME [--data-dir DIR]
     testengine-collector tokens list [--data-dir DIR]
 
@@ -18,10 +19,12 @@ import datetime
 import fcntl
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, NoReturn
 
 from collector_server.auth import TokenStore
 from collector_server.errors import CollectorError
@@ -31,13 +34,39 @@ LOCK_FILE = "collector.lock"
 STARTUP_POLL = 0.02  # seconds between checks that the server has bound its socket
 
 
+#: The settings of ``process`` (a processor has no HTTP side and no sink).
+PROCESS_SETTINGS = (
+    "data_dir",
+    "log_level",
+    "kafka_bootstrap",
+    "kafka_topic",
+    "kafka_partitions",
+    "kafka_option",
+    "kafka_group",
+    "processor_batch",
+    "processor_linger",
+)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line (exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"[testengine] {self.prog}: {message}; see {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="testengine-collector", description="The pytest-testengine collector."
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = commands.add_parser("serve", help="run the collector (HTTP ingest and query API)")
     add_arguments(serve)
+    process = commands.add_parser(
+        "process",
+        help="run a processor: a Kafka consumer group member writing results to the store",
+    )
+    add_arguments(process, PROCESS_SETTINGS)
     tokens = commands.add_parser("tokens", help="manage tenant tokens")
     token_commands = tokens.add_subparsers(dest="tokens_command", required=True, metavar="ACTION")
     create = token_commands.add_parser(
@@ -169,6 +198,50 @@ def serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         lock.close()
 
 
+def process(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    """Consume the results topic into the store in the data directory until SIGTERM/SIGINT."""
+    from collector_server.consumer import ConsumerError, processor_consumer
+    from collector_server.store.sqlite import STORE_FILE, SqliteStore
+
+    settings = resolve(vars(args), environ)
+    if not settings.kafka_bootstrap:
+        print(
+            "[testengine] `process` needs a Kafka broker: pass --kafka-bootstrap HOST:PORT or "
+            "set TESTENGINE_KAFKA_BOOTSTRAP (see docs/kafka.md)",
+            file=sys.stderr,
+        )
+        return 2
+    refusal = check_data_dir(settings.data_dir)
+    if refusal:
+        print(refusal, file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    store = SqliteStore(settings.data_dir / STORE_FILE).open()
+    consumer = processor_consumer(settings, store)
+    try:
+        consumer.start()
+        print(
+            f"[testengine] processor consuming {settings.kafka_topic} from "
+            f"{settings.kafka_bootstrap} in group {settings.kafka_group} (store in "
+            f"{settings.data_dir})",
+            flush=True,
+        )
+        consumer.run(stop)
+    except ConsumerError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    finally:
+        consumer.close()  # commits what is stored, leaves the group
+        store.close()
+    print(f"[testengine] processor stopped: {consumer.stats.summary()}", flush=True)
+    return 0
+
+
 def tokens(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     store = TokenStore(_data_dir(args.data_dir, environ))
     if args.tokens_command == "create":
@@ -192,6 +265,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     try:
         if args.command == "serve":
             return serve(args, env)
+        if args.command == "process":
+            return process(args, env)
         return tokens(args, env)
     except CollectorError as exc:
         print(str(exc), file=sys.stderr)

@@ -28,11 +28,14 @@ from starlette.routing import Route
 
 from collector_server import ingest
 from collector_server.auth import Authenticator, TokenStore
+from collector_server.consumer import ConsumerThread, processor_consumer
 from collector_server.errors import IngestError, RequestError
+from collector_server.kafka_metrics import KafkaMetrics
 from collector_server.metrics import CONTENT_TYPE, Metrics
 from collector_server.processor import LocalProcessor
 from collector_server.settings import CollectorSettings
 from collector_server.sinks import Sink, SinkUnavailable
+from collector_server.sinks.kafka import KafkaSink, kafka_sink
 from collector_server.sinks.local import LOG_FILE, LocalLogSink
 from collector_server.store import InvalidCursor, Page, Store
 from collector_server.store.sqlite import STORE_FILE, SqliteStore
@@ -51,7 +54,10 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def build_sink(settings: CollectorSettings) -> Sink:
-    """The sink the settings ask for (the embedded local log)."""
+    """The sink the settings ask for: Kafka when ``kafka_bootstrap`` is set (the topic is
+    created with ``kafka_partitions`` when missing), else the embedded local log."""
+    if settings.kafka_bootstrap:
+        return kafka_sink(settings)
     return LocalLogSink(settings.data_dir / LOG_FILE)
 
 
@@ -65,11 +71,14 @@ class Parts:
     sink: Sink
     store: Store
     processor: LocalProcessor | None = None
+    consumer: ConsumerThread | None = None  # the Kafka processor of `serve` in Kafka mode
     started: bool = False
 
     async def start(self, settings: CollectorSettings, metrics: Metrics) -> None:
         if isinstance(self.store, SqliteStore) and not self.store.is_open:
             await run_in_threadpool(self.store.open)
+        if isinstance(self.sink, KafkaSink):
+            self._start_kafka(settings, metrics, self.sink)
         await self.sink.start()
         if isinstance(self.sink, LocalLogSink):
             self.processor = LocalProcessor(
@@ -84,6 +93,18 @@ class Parts:
             metrics.watch_lag(lambda: self.processor.lag if self.processor else 0)
         self.started = True
 
+    def _start_kafka(self, settings: CollectorSettings, metrics: Metrics, sink: KafkaSink) -> None:
+        """Kafka metrics on the app's /metrics; the in-process processor unless turned off."""
+        if sink.metrics is None:
+            sink.metrics = KafkaMetrics(metrics.registry)
+        if settings.processor and self.consumer is None:
+            consumer = processor_consumer(
+                settings, self.store, metrics=sink.metrics, on_applied=metrics.on_applied
+            )
+            self.consumer = ConsumerThread(consumer)
+            self.consumer.start()
+            metrics.watch_lag(lambda: self.consumer.lag if self.consumer else 0)
+
     async def close(self) -> None:
         """Stop the processor (what it has not applied yet is applied after a restart), then
         close the sink and the store."""
@@ -91,6 +112,8 @@ class Parts:
         try:
             if self.processor is not None:
                 await run_in_threadpool(self.processor.stop)
+            if self.consumer is not None:
+                await run_in_threadpool(self.consumer.stop)
             await self.sink.close()
         finally:
             await run_in_threadpool(self.store.close)
@@ -101,6 +124,9 @@ class Parts:
         body: dict[str, Any] = {"sink": sink}
         if self.processor is not None:
             body["processor"] = self.processor.status()
+            ready = ready and bool(body["processor"]["running"])
+        if self.consumer is not None:
+            body["processor"] = self.consumer.status()
             ready = ready and bool(body["processor"]["running"])
         body["status"] = "ready" if ready else "unavailable"
         return ready, body

@@ -43,11 +43,13 @@ from collector_server.kafka_admin import (
     error_name,
 )
 from collector_server.kafka_metrics import KafkaMetrics
+from collector_server.settings import CollectorSettings
 from pytest_testengine.model import OUTCOMES, Record, decode_record
 
 log = logging.getLogger("testengine.collector.consumer")
 
 MAX_BACKOFF: Final = 10.0
+MIN_POLL: Final = 0.05  # seconds: the shortest wait for records (no busy loop when idle)
 DLQ_TIMEOUT: Final = 10.0
 ERROR_HEADER: Final = "testengine.error"
 SOURCE_HEADERS: Final = (
@@ -79,6 +81,13 @@ class ConsumerStats:
     commits: int = 0
     retries: int = 0
     assigned: list[int] = field(default_factory=list)  # partitions held now
+    lag: dict[int, int] = field(default_factory=dict)  # records not yet consumed, by partition
+
+    def summary(self) -> str:
+        return (
+            f"{self.records} records consumed ({self.new} new), {self.malformed} malformed, "
+            f"{self.commits} commits"
+        )
 
 
 def check_record(record: Record) -> str | None:
@@ -389,17 +398,20 @@ class ResultConsumer:
             self._pending.pop(key, None)
         gone = {p for _, p in partitions}
         self.stats.assigned = [p for p in self.stats.assigned if p not in gone]
+        self.stats.lag = {p: n for p, n in self.stats.lag.items() if p not in gone}
 
     def _update_lag(self, consumer: Consumer) -> None:
-        if not self.metrics:
-            return
+        lag: dict[int, int] = {}
         for tp in consumer.position(consumer.assignment()):
             try:
                 _low, high = consumer.get_watermark_offsets(tp, cached=True)
             except KafkaException:
                 continue
             if high >= 0 and tp.offset >= 0:
-                self.metrics.consumer_lag.labels(str(tp.partition)).set(high - tp.offset)
+                lag[tp.partition] = high - tp.offset
+                if self.metrics:
+                    self.metrics.consumer_lag.labels(str(tp.partition)).set(high - tp.offset)
+        self.stats.lag = lag  # replaced, not changed: other threads read it
 
     def _on_error(self, error: KafkaError) -> None:
         log.debug("Kafka consumer client error: %s", error.str())
@@ -413,6 +425,31 @@ class ResultConsumer:
 def _producer_overrides(config: Mapping[str, Any]) -> dict[str, Any]:
     common = ("security.", "sasl.", "ssl.", "socket.", "broker.", "reconnect.")
     return {k: v for k, v in config.items() if k.startswith(common)}
+
+
+def processor_consumer(
+    settings: CollectorSettings,
+    store: ResultWriter,
+    *,
+    metrics: KafkaMetrics | None = None,
+    on_applied: Callable[[int, int], None] | None = None,
+) -> ResultConsumer:
+    """The consumer of ``testengine-collector process`` (and of ``serve`` in Kafka mode):
+    batches of up to ``processor_batch`` records, gathered for up to ``processor_linger`` s."""
+    if not settings.kafka_bootstrap:
+        raise ValueError("processor_consumer() needs settings.kafka_bootstrap")
+    return ResultConsumer(
+        settings.kafka_bootstrap,
+        settings.kafka_topic,
+        settings.kafka_group,
+        store,
+        batch_size=settings.processor_batch,
+        poll_timeout=max(settings.processor_linger, MIN_POLL),
+        partitions=settings.kafka_partitions,
+        consumer_config=dict(settings.kafka_option),
+        metrics=metrics,
+        on_applied=on_applied,
+    )
 
 
 def run_consumer(
@@ -432,3 +469,62 @@ def run_consumer(
         return consumer.run(stop_event)
     finally:
         consumer.close()
+
+
+class ConsumerThread:
+    """A :class:`ResultConsumer` run in a daemon thread (the processor inside ``serve``).
+
+    ``start()`` returns at once (joining the group and creating topics happen in the thread);
+    ``stop()`` makes the consumer commit what it stored and leave the group.
+    """
+
+    def __init__(self, consumer: ResultConsumer) -> None:
+        self.consumer = consumer
+        self.error: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="testengine-consumer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.consumer.start()
+            self.consumer.run(self._stop)
+        except Exception as exc:
+            self.error = f"{type(exc).__name__}: {exc}"
+            log.exception("[testengine] the Kafka processor stopped")
+        finally:
+            try:
+                self.consumer.close()
+            except Exception:
+                log.exception("[testengine] closing the Kafka consumer failed")
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def lag(self) -> int:
+        return sum(self.consumer.stats.lag.values())
+
+    def status(self) -> dict[str, object]:
+        stats = self.consumer.stats
+        return {
+            "running": self.running,
+            "kind": "kafka",
+            "group": self.consumer.group,
+            "partitions": list(stats.assigned),
+            "lag": self.lag,
+            "records": stats.records,
+            "malformed": stats.malformed,
+            "error": self.error,
+        }

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import ipaddress
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -82,9 +82,83 @@ def parse_log_level(text: str) -> str:
     return value
 
 
-def option(default: Any, help: str, *, parse: Callable[[str], Any] = str) -> Any:
-    """Declare one setting (a dataclass field with its help text and parser)."""
-    return field(default=default, metadata={"help": help, "parse": parse})
+def parse_size(text: str) -> int:
+    """A byte count: ``1048576``, ``512KiB``, ``64MiB``, ``1GiB`` (also ``K``/``M``/``G``)."""
+    expected = "expected a positive number of bytes, e.g. 1048576, 64MiB or 1GiB"
+    value = text.strip()
+    scale = 1
+    for suffixes, factor in (
+        (("GIB", "G"), 1 << 30),
+        (("MIB", "M"), 1 << 20),
+        (("KIB", "K"), 1 << 10),
+    ):
+        suffix = next((s for s in suffixes if value.upper().endswith(s)), None)
+        if suffix:
+            value, scale = value[: -len(suffix)].strip(), factor
+            break
+    number: int = _number(value, int, expected)
+    if number <= 0:
+        raise ValueError(expected)
+    return number * scale
+
+
+def parse_topic(text: str) -> str:
+    value = text.strip()
+    allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+    if not 0 < len(value) <= 249 or value in {".", ".."} or not set(value) <= allowed:
+        raise ValueError("expected a Kafka topic name: 1 to 249 letters, digits, '.', '_' or '-'")
+    return value
+
+
+def parse_bootstrap(text: str) -> str:
+    servers = [s.strip() for s in text.split(",")]
+    for server in servers:
+        host, sep, port = server.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+            raise ValueError("expected host:port, several separated by commas")
+    return ",".join(servers)
+
+
+def parse_group(text: str) -> str:
+    value = text.strip()
+    if not value or any(c.isspace() for c in value):
+        raise ValueError("expected a consumer group name without spaces")
+    return value
+
+
+def parse_kafka_options(text: str) -> tuple[tuple[str, str], ...]:
+    """librdkafka settings ``key=value``, several separated by commas."""
+    pairs: list[tuple[str, str]] = []
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or any(c.isspace() for c in key.strip()):
+            raise ValueError(
+                "expected librdkafka settings as key=value (e.g. linger.ms=10), got "
+                f"{item.strip()!r}"
+            )
+        pairs.append((key.strip(), value.strip()))
+    return tuple(pairs)
+
+
+def option(
+    default: Any,
+    help: str,
+    *,
+    parse: Callable[[str], Any] = str,
+    env: tuple[str, ...] = (),
+    repeat: bool = False,
+) -> Any:
+    """Declare one setting (a dataclass field with its help text and parser).
+
+    ``env`` names more environment variables read after the derived one (the names the product
+    promises, such as ``TESTENGINE_KAFKA_BOOTSTRAP``); ``repeat`` makes the flag repeatable (its
+    values, parsed one by one, are joined, and so is a comma-separated environment value).
+    """
+    return field(
+        default=default, metadata={"help": help, "parse": parse, "env": env, "repeat": repeat}
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +207,36 @@ class CollectorSettings:
         "most records the processor writes to the store in one transaction",
         parse=parse_positive_int,
     )
+    # Kafka mode (docs/kafka.md)
+    kafka_bootstrap: str | None = option(
+        None,
+        "Kafka bootstrap servers (host:port,...); set, the collector publishes to Kafka",
+        parse=parse_bootstrap,
+        env=("TESTENGINE_KAFKA_BOOTSTRAP",),
+    )
+    kafka_topic: str = option("testengine.results", "Kafka topic of the results", parse=parse_topic)
+    kafka_partitions: int = option(
+        6, "partitions of the topic when the collector creates it", parse=parse_positive_int
+    )
+    kafka_option: tuple[tuple[str, str], ...] = option(
+        (),
+        "librdkafka setting key=value for every Kafka client (repeatable; env: comma-separated)",
+        parse=parse_kafka_options,
+        repeat=True,
+    )
+    kafka_group: str = option(
+        "testengine-processors", "Kafka consumer group of the processors", parse=parse_group
+    )
+    wal_max_bytes: int = option(
+        1 << 30,
+        "size limit of the write-ahead log (503 once full), e.g. 1GiB or 64MiB",
+        parse=parse_size,
+    )
+    processor: bool = option(
+        True,
+        "with Kafka, `serve` also runs a processor (false: ingest only)",
+        parse=parse_bool,
+    )
 
     @property
     def is_loopback(self) -> bool:
@@ -159,35 +263,58 @@ def env_of(name: str) -> str:
     return ENV_PREFIX + name.upper()
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add one flag per setting; defaults are None so "not given" stays visible."""
+def envs_of(name: str) -> tuple[str, ...]:
+    """Environment names of a setting, in the order they are read."""
+    extra: tuple[str, ...] = CollectorSettings.__dataclass_fields__[name].metadata["env"]
+    return (env_of(name), *extra)
+
+
+def add_arguments(parser: argparse.ArgumentParser, names: Sequence[str] | None = None) -> None:
+    """Add one flag per setting (or per setting in ``names``); defaults are None so "not given"
+    stays visible."""
     for f in dataclasses.fields(CollectorSettings):
+        if names is not None and f.name not in names:
+            continue
         parser.add_argument(
             flag_of(f.name),
             dest=f.name,
             default=None,
+            action="append" if f.metadata["repeat"] else "store",
             metavar=f.name.upper(),
-            help=f"{f.metadata['help']} (env {env_of(f.name)}, default {f.default})",
+            help=f"{f.metadata['help']} (env {' or '.join(envs_of(f.name))}, default {f.default})",
         )
 
 
-def resolve(cli: Mapping[str, str | None], environ: Mapping[str, str]) -> CollectorSettings:
-    """Settings from command-line values (None = not given) and an environment mapping."""
+def resolve(
+    cli: Mapping[str, str | list[str] | None], environ: Mapping[str, str]
+) -> CollectorSettings:
+    """Settings from command-line values (None = not given; a list for a repeatable flag) and
+    an environment mapping."""
     values: dict[str, Any] = {}
     for f in dataclasses.fields(CollectorSettings):
         given = cli.get(f.name)
         source = f"{flag_of(f.name)} (command line)"
         if given is None:
-            given = environ.get(env_of(f.name))
-            source = f"{env_of(f.name)} (env)"
+            for name in envs_of(f.name):
+                given = environ.get(name)
+                source = f"{name} (env)"
+                if given is not None:
+                    break
         if given is None:
             continue
-        try:
-            values[f.name] = f.metadata["parse"](given)
-        except ValueError as exc:
-            raise SettingsError(
-                f"[testengine] invalid value {given!r} for {source}: {exc}"
-            ) from exc
+        parse = f.metadata["parse"]
+        items = given if isinstance(given, list) else [given]
+        parsed = []
+        for item in items:
+            try:
+                parsed.append(parse(item))
+            except ValueError as exc:
+                raise SettingsError(
+                    f"[testengine] invalid value {item!r} for {source}: {exc}"
+                ) from exc
+        values[f.name] = (
+            tuple(p for part in parsed for p in part) if f.metadata["repeat"] else parsed[0]
+        )
     return CollectorSettings(**values)
 
 
@@ -195,7 +322,7 @@ def markdown_table() -> str:
     """The settings as a Markdown table (docs/collector-api.md holds a copy; a test compares)."""
     lines = ["| Flag | Environment | Default | Meaning |", "| --- | --- | --- | --- |"]
     for f in dataclasses.fields(CollectorSettings):
-        lines.append(
-            f"| `{flag_of(f.name)}` | `{env_of(f.name)}` | `{f.default}` | {f.metadata['help']} |"
-        )
+        envs = " or ".join(f"`{name}`" for name in envs_of(f.name))
+        default = "(none)" if f.default in (None, ()) else f"`{f.default}`"
+        lines.append(f"| `{flag_of(f.name)}` | {envs} | {default} | {f.metadata['help']} |")
     return "\n".join(lines)

@@ -40,6 +40,7 @@ from collector_server.kafka_admin import (
     error_name,
 )
 from collector_server.kafka_metrics import KafkaMetrics
+from collector_server.settings import CollectorSettings
 from collector_server.sinks import SinkUnavailable
 from collector_server.sinks.wal import WalError, WalFull, WriteAheadLog
 from pytest_testengine.model import SCHEMA_VERSION, Record, encode_record
@@ -51,6 +52,8 @@ TENANT_HEADER: Final = "tenant"
 _ENTRY_HEAD: Final = struct.Struct(">HI")  # WAL entry: tenant length, key length
 POLL_INTERVAL: Final = 0.1
 MAX_BACKOFF: Final = 10.0
+WAL_DIR: Final = "wal"  # in the collector's data directory
+DEFAULT_DELIVERY_TIMEOUT: Final = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +232,7 @@ class KafkaSink:
             "kafka": {
                 "bootstrap": self.bootstrap,
                 "topic": self.topic,
-                "reachable": self.reachable,
+                "connected": self.reachable,
                 "error": self.last_error,
             },
             "wal": {
@@ -468,3 +471,31 @@ class KafkaSink:
         if self.metrics:
             self.metrics.wal_depth.set(self.wal.depth)
             self.metrics.wal_bytes.set(self.wal.size)
+
+
+def delivery_timeout(options: Mapping[str, str]) -> float:
+    """Seconds to wait for Kafka's acknowledgement: librdkafka's ``message.timeout.ms`` when
+    the user passes one, else 5 s."""
+    given = options.get("message.timeout.ms")
+    try:
+        return int(given) / 1000 if given else DEFAULT_DELIVERY_TIMEOUT
+    except ValueError:
+        return DEFAULT_DELIVERY_TIMEOUT  # librdkafka itself reports the bad value
+
+
+def kafka_sink(settings: CollectorSettings, metrics: KafkaMetrics | None = None) -> KafkaSink:
+    """The Kafka sink of ``serve --kafka-bootstrap``: WAL in ``<data dir>/wal``."""
+    if not settings.kafka_bootstrap:
+        raise ValueError("kafka_sink() needs settings.kafka_bootstrap")
+    options = dict(settings.kafka_option)
+    return KafkaSink(
+        settings.kafka_bootstrap,
+        settings.data_dir / WAL_DIR,
+        topic=settings.kafka_topic,
+        partitions=settings.kafka_partitions,
+        producer_config=options,
+        delivery_timeout=delivery_timeout(options),
+        wal_max_bytes=settings.wal_max_bytes,
+        retry_after=settings.retry_after,
+        metrics=metrics,
+    )
