@@ -32,6 +32,8 @@ from collector_server.consumer import ConsumerThread, processor_consumer
 from collector_server.errors import IngestError, RequestError
 from collector_server.kafka_metrics import KafkaMetrics
 from collector_server.metrics import CONTENT_TYPE, Metrics
+from collector_server.planner import Planner
+from collector_server.planner_api import PlannerApi
 from collector_server.processor import LocalProcessor
 from collector_server.settings import CollectorSettings
 from collector_server.sinks import Sink, SinkUnavailable
@@ -71,12 +73,15 @@ class Parts:
     sink: Sink
     store: Store
     processor: LocalProcessor | None = None
+    planner: Planner | None = None  # plans and dynamic queues (plans.db)
     consumer: ConsumerThread | None = None  # the Kafka processor of `serve` in Kafka mode
     started: bool = False
 
     async def start(self, settings: CollectorSettings, metrics: Metrics) -> None:
         if isinstance(self.store, SqliteStore) and not self.store.is_open:
             await run_in_threadpool(self.store.open)
+        if self.planner is not None:
+            await run_in_threadpool(self.planner.open)
         if isinstance(self.sink, KafkaSink):
             self._start_kafka(settings, metrics, self.sink)
         await self.sink.start()
@@ -117,6 +122,8 @@ class Parts:
             await self.sink.close()
         finally:
             await run_in_threadpool(self.store.close)
+            if self.planner is not None:
+                await run_in_threadpool(self.planner.close)
 
     def status(self) -> tuple[bool, dict[str, Any]]:
         sink = self.sink.status()
@@ -183,6 +190,9 @@ class Collector:
         self.limits = ingest.Limits.from_settings(settings)
         self.auth = Authenticator(TokenStore(settings.data_dir), allow_open=settings.is_loopback)
         self.metrics = Metrics()
+        if parts.planner is None:
+            parts.planner = Planner.from_settings(settings, parts.store)
+        self.plans = PlannerApi(settings, parts.planner, self.auth, self._read_body)
 
     def instrumented(self, route: str, endpoint: Endpoint) -> Endpoint:
         requests, latency = self.metrics.requests, self.metrics.latency.labels(route)
@@ -373,6 +383,9 @@ def routes(c: Collector) -> list[Route]:
         route("/v1/suites/{suite:path}/tests", c.list_tests, "tests"),
         route("/v1/suites/{suite:path}/runs", c.list_runs, "runs"),
         route("/v1/suites/{suite:path}/results", c.list_results, "results"),
+        route("/v1/suites/{suite:path}/builds/{build_id}", c.plans.get_build, "build"),
+        route("/v1/plans", c.plans.post_plan, "post_plan", "POST"),
+        route("/v1/plans/{plan_id}/next", c.plans.post_next, "plan_next", "POST"),
         route("/healthz", c.healthz, "healthz"),
         route("/readyz", c.readyz, "readyz"),
         route("/metrics", c.metrics_text, "metrics"),

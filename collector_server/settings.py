@@ -207,6 +207,18 @@ class CollectorSettings:
         "most records the processor writes to the store in one transaction",
         parse=parse_positive_int,
     )
+    # test splitting (POST /v1/plans)
+    max_plan_tests: int = option(
+        200_000, "most test ids in one plan request", parse=parse_positive_int
+    )
+    lease_seconds: float = option(
+        60.0, "shortest lease of a dynamic chunk handed to a shard", parse=parse_seconds
+    )
+    lease_margin: float = option(
+        30.0,
+        "seconds added to 3 x a chunk's estimate for its lease (the longer lease wins)",
+        parse=parse_seconds_or_zero,
+    )
     # Kafka mode (docs/kafka.md)
     kafka_bootstrap: str | None = option(
         None,

@@ -50,6 +50,24 @@ def decode_cursor(kind: str, cursor: str) -> Any:
     return value
 
 
+@dataclass(frozen=True, slots=True)
+class BuildRun:
+    """A run (pytest session) of a CI build, with the shard and plan it reported."""
+
+    run_id: str
+    shard_index: int | None
+    shard_total: int | None
+    plan_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class BuildResults:
+    """What a build's runs reported: the runs, and per node id how many runs reported it."""
+
+    runs: list[BuildRun]
+    counts: dict[str, int]
+
+
 class Store(Protocol):
     def write(self, records: Sequence[Record], *, offsets: Mapping[str, int] | None = None) -> int:
         """Store records (and offsets) in one transaction; return how many were new."""
@@ -76,5 +94,12 @@ class Store(Protocol):
         cursor: str | None = None,
     ) -> Page:
         """Raw results of a suite (or of one run), in the order they were stored."""
+
+    def durations(self, tenant: str, suite: str) -> dict[str, float]:
+        """The median of each test's recent passing durations (tests that never passed are
+        left out)."""
+
+    def build(self, tenant: str, suite: str, build_id: str) -> BuildResults:
+        """The runs of a CI build and how many of them reported each node id."""
 
     def close(self) -> None: ...

@@ -8,6 +8,8 @@ Tables (every key starts with the tenant):
 - ``runs``: one row per pytest session (tenant, suite, run_id) with counts by outcome.
 - ``suites``: every suite a tenant reported, with its result count.
 - ``offsets``: consumer positions, committed in the same transaction as the records.
+- ``build_runs``: the runs of each CI build (tenant, suite, build_id, run_id) with the shard
+  and plan they reported, for the builds report of the planner.
 
 One connection writes (the processor); reads use a small pool of connections so they never
 wait for a write transaction.  Commits use ``synchronous=FULL``: once the processor has
@@ -29,7 +31,14 @@ from typing import Any, Final, TypeVar
 
 import orjson
 
-from collector_server.store import InvalidCursor, Page, decode_cursor, encode_cursor
+from collector_server.store import (
+    BuildResults,
+    BuildRun,
+    InvalidCursor,
+    Page,
+    decode_cursor,
+    encode_cursor,
+)
 from pytest_testengine.model import OUTCOMES, Record, run_to_dict
 
 T = TypeVar("T")
@@ -95,6 +104,16 @@ CREATE INDEX IF NOT EXISTS runs_suite ON runs (tenant, suite, seq);
 CREATE TABLE IF NOT EXISTS offsets (
     source TEXT PRIMARY KEY,
     position INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS build_runs (
+    tenant TEXT NOT NULL,
+    suite TEXT NOT NULL,
+    build_id TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    shard_index INTEGER,
+    shard_total INTEGER,
+    plan_id TEXT,
+    PRIMARY KEY (tenant, suite, build_id, run_id)
 ) WITHOUT ROWID;
 """
 
@@ -233,6 +252,7 @@ class SqliteStore:
         )
         tests: dict[tuple[str, str, str], _TestDelta] = {}
         runs: dict[tuple[str, str, str], _RunDelta] = {}
+        builds: list[tuple[Any, ...]] = []
         suites: dict[tuple[str, str], int] = {}
         for record in fresh:
             result, run = record.result, record.run
@@ -252,6 +272,17 @@ class SqliteStore:
             if rd is None:
                 info = orjson.dumps(run_to_dict(run), default=dict)
                 rd = runs[run_key] = _RunDelta(info)
+                if run.build_id is not None:
+                    builds.append(
+                        (
+                            *run_key[:2],
+                            run.build_id,
+                            run.run_id,
+                            run.shard_index,
+                            run.shard_total,
+                            run.plan_id,
+                        )
+                    )
             rd.total += 1
             rd.counts[result.outcome] = rd.counts.get(result.outcome, 0) + 1
             if result.start:
@@ -273,6 +304,12 @@ class SqliteStore:
                 for key, d in runs.items()
             ],
         )
+        if builds:
+            conn.executemany(
+                "INSERT OR IGNORE INTO build_runs (tenant, suite, build_id, run_id, shard_index,"
+                " shard_total, plan_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                builds,
+            )
         conn.executemany(
             "INSERT INTO suites (tenant, suite, first_seen, last_seen, results)"
             " VALUES (?, ?, ?, ?, ?) ON CONFLICT (tenant, suite) DO UPDATE SET"
@@ -471,6 +508,37 @@ class SqliteStore:
         )
         items = [{**orjson.loads(r["data"]), "suite": suite, "run_id": r["run_id"]} for r in rows]
         return Page(items, nxt)
+
+    def durations(self, tenant: str, suite: str) -> dict[str, float]:
+        with self._reading() as conn:
+            return dict(
+                conn.execute(
+                    "SELECT nodeid, median FROM tests WHERE tenant = ? AND suite = ?"
+                    " AND median IS NOT NULL",
+                    (tenant, suite),
+                )
+            )
+
+    def build(self, tenant: str, suite: str, build_id: str) -> BuildResults:
+        with self._reading() as conn:
+            runs = [
+                BuildRun(*row)
+                for row in conn.execute(
+                    "SELECT run_id, shard_index, shard_total, plan_id FROM build_runs"
+                    " WHERE tenant = ? AND suite = ? AND build_id = ? ORDER BY run_id",
+                    (tenant, suite, build_id),
+                )
+            ]
+            counts: dict[str, int] = {}
+            for chunk in _chunks([r.run_id for r in runs]):
+                for nodeid, n in conn.execute(
+                    "SELECT nodeid, count(DISTINCT run_id) FROM results WHERE tenant = ?"
+                    f" AND suite = ? AND run_id IN ({', '.join('?' * len(chunk))})"
+                    " GROUP BY nodeid",
+                    (tenant, suite, *chunk),
+                ):
+                    counts[nodeid] = counts.get(nodeid, 0) + n
+        return BuildResults(runs, counts)
 
 
 def _cursor_value(kind: str, cursor: str, of: type[T]) -> T:
