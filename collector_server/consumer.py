@@ -452,25 +452,6 @@ def processor_consumer(
     )
 
 
-def run_consumer(
-    bootstrap: str,
-    topic: str,
-    group: str,
-    store: ResultWriter,
-    *,
-    stop_event: threading.Event,
-    batch_size: int = 500,
-    **options: Any,
-) -> ConsumerStats:
-    """Start a :class:`ResultConsumer`, run it until ``stop_event`` is set, close it."""
-    consumer = ResultConsumer(bootstrap, topic, group, store, batch_size=batch_size, **options)
-    consumer.start()
-    try:
-        return consumer.run(stop_event)
-    finally:
-        consumer.close()
-
-
 class ConsumerThread:
     """A :class:`ResultConsumer` run in a daemon thread (the processor inside ``serve``).
 
