@@ -1,0 +1,126 @@
+"""The planner in a real collector process: the plan cache survives a restart, concurrent shards
+agree on one plan, and a dynamic queue re-leases the chunk of a shard that stopped asking."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+
+from pytest_testengine.model import Batch, Result, RunInfo, new_id
+from tests.support.collector import CollectorFactory, CollectorProcess
+
+TESTS = [f"tests/test_{i % 7}.py::test_{i}" for i in range(300)]
+DEADLINE = 60.0  # seconds any polling loop below may take before the test fails
+
+
+def post(collector: CollectorProcess, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    with httpx.Client(timeout=30.0) as client:
+        response = client.post(collector.url + path, json=body, headers=collector.headers())
+    assert response.status_code == 200, response.text
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
+def plan(collector: CollectorProcess, index: int, **fields: Any) -> dict[str, Any]:
+    body = {"build_id": "ci-42", "total": 4, "index": index, "tests": TESTS, **fields}
+    return post(collector, "/v1/plans", body)
+
+
+def history(collector: CollectorProcess, durations: dict[str, float]) -> None:
+    """Passing results of an earlier build, stored before the test goes on."""
+    run = RunInfo(run_id=new_id(), build_id="earlier")
+    results = [
+        Result(
+            id=new_id(), nodeid=t, file=t.partition("::")[0], name=t, outcome="passed", duration=d
+        )
+        for t, d in durations.items()
+    ]
+    assert collector.post_batch(Batch(run, results)).status_code == 202
+    collector.wait_for_results(len(results))
+
+
+def test_plan_cache_survives_a_restart(collector: CollectorProcess) -> None:
+    history(collector, {t: 0.01 * (i % 13 + 1) for i, t in enumerate(TESTS)})
+    with ThreadPoolExecutor(4) as pool:  # four shards at once: one plan is made
+        answers = list(pool.map(lambda i: plan(collector, i), range(4)))
+    assert len({a["plan_id"] for a in answers}) == 1
+    assert sorted(a["cached"] for a in answers) == [False, True, True, True]
+    made = next(a for a in answers if not a["cached"])
+    assert made["estimate_sources"]["history"] == len(TESTS)
+    collector.kill()  # no shutdown code: the plan was durable when it was answered
+    collector.start()
+    again = plan(collector, 2)
+    assert again["cached"] is True
+    assert {**again, "cached": False} == made
+    report = collector.get("/v1/suites/default/builds/ci-42").json()
+    assert report["plans"][0]["asked_by"] == [0, 1, 2, 3]
+
+
+def test_a_stopped_shard_only_delays_its_chunk(collector_factory: CollectorFactory) -> None:
+    env = {
+        "TESTENGINE_COLLECTOR_LEASE_SECONDS": "0.5",
+        "TESTENGINE_COLLECTOR_LEASE_MARGIN": "0",
+    }
+    collector = collector_factory(env=env)
+    tests = TESTS[:40]
+    # 6 s of work: chunks of about 1 s (the smallest), leased for about 3 s each
+    history(collector, dict.fromkeys(tests, 0.15))
+    made = plan(collector, 0, total=3, mode="dynamic", tests=tests)
+    plan_id, chunks = made["plan_id"], made["chunks"]
+    next_path = f"/v1/plans/{plan_id}/next"
+    ran: dict[int, list[int]] = {0: [], 1: [], 2: []}
+    tests_ran: list[str] = []
+    lock = threading.Lock()
+    stopped = threading.Event()
+    failures: list[BaseException] = []
+
+    def shard(index: int, stop_after: int | None) -> None:
+        try:
+            completed: list[int] = []
+            deadline = time.monotonic() + DEADLINE
+            while time.monotonic() < deadline:
+                answer = post(collector, next_path, {"index": index, "completed": completed})
+                completed = []
+                if answer["done"]:
+                    return
+                chunk = answer["chunk"]
+                if chunk is None:
+                    time.sleep(answer["retry_after"])  # polling, bounded by the deadline
+                    continue
+                with lock:
+                    ran[index].append(chunk["id"])
+                    tests_ran.extend(chunk["tests"])
+                if stop_after is not None and len(ran[index]) == stop_after:
+                    stopped.set()
+                    return  # dies holding this chunk: never completes it
+                completed = [chunk["id"]]
+            raise AssertionError(f"shard {index} not done after {DEADLINE} s")
+        except BaseException as exc:
+            failures.append(exc)
+
+    dying = threading.Thread(target=shard, args=(0, 1))
+    dying.start()
+    assert stopped.wait(DEADLINE)  # shard 0 holds the first (longest) chunk and stops
+    healthy = [threading.Thread(target=shard, args=(i, None)) for i in (1, 2)]
+    for thread in healthy:
+        thread.start()
+    for thread in (dying, *healthy):
+        thread.join(DEADLINE + 5)
+    assert not failures, failures
+    assert ran[0] == [0]
+    handed = sorted(ran[1] + ran[2])
+    assert handed == list(range(chunks))  # chunk 0 once more, after its lease expired
+    assert set(ran[1]).isdisjoint(ran[2])
+    assert sorted(set(tests_ran)) == sorted(tests)
+    report = collector.get("/v1/suites/default/builds/ci-42").json()
+    assert report["dynamic"] == {
+        "chunks": chunks,
+        "completed": chunks,
+        "leased": 0,
+        "expired_leases": 0,
+        "re_leased": 1,
+    }
