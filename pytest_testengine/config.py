@@ -56,6 +56,12 @@ class Settings:
     commit: str | None = None
     pull_request: str | None = None
     build_url: str | None = None
+    split_index: int | None = None
+    split_total: int | None = None
+    split_by: str = "test"
+    split_mode: str = "static"
+    split_fallback: str = "local"
+    durations: str | None = None
     ci: CiInfo = NOT_CI
     #: Where each setting came from.
     sources: Mapping[str, Source] = field(default_factory=dict)

@@ -109,6 +109,25 @@ def _parse_positive_seconds(raw: object) -> float:
     return value
 
 
+def _parse_index(raw: object) -> int:
+    text = _text(raw)
+    if not text.isdigit():
+        raise ValueError(raw)
+    return int(text)
+
+
+def choice(*words: str) -> ValueType:
+    """A value out of a closed set of words (case-insensitive)."""
+
+    def parse(raw: object) -> str:
+        word = _text(raw).lower()
+        if word not in words:
+            raise ValueError(raw)
+        return word
+
+    return ValueType("|".join(words), "one of " + ", ".join(words), parse, "|".join(words))
+
+
 def _parse_url(raw: object) -> str:
     text = _text(raw).rstrip("/")
     if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", text):
@@ -164,6 +183,7 @@ SECONDS: Final = ValueType(
 POSITIVE_SECONDS: Final = ValueType(
     "seconds", "a number of seconds above 0 (less than a day)", _parse_positive_seconds, "SECONDS"
 )
+INDEX: Final = ValueType("integer", "an integer, 0 or more", _parse_index, "I")
 URL: Final = ValueType(
     "URL", "an http:// or https:// URL such as http://127.0.0.1:8765", _parse_url, "URL"
 )
@@ -289,6 +309,53 @@ OPTIONS: Final[tuple[Option, ...]] = (
         ci="build_url",
         ini=None,
         flag=None,
+    ),
+    Option(
+        name="split_index",
+        help="This job's shard, 0-based; with --split-total it runs only its share of the tests "
+        "(default: detected from Buildkite, CircleCI or GitLab parallel jobs).",
+        type=INDEX,
+        flag="--split-index",
+        env="TESTENGINE_SPLIT_INDEX",
+        ini="testengine_split_index",
+        ci="shard_index",
+    ),
+    Option(
+        name="split_total",
+        help="How many shards (parallel jobs) share the tests (default: detected from the CI).",
+        type=POSITIVE_INT,
+        flag="--split-total",
+        env="TESTENGINE_SPLIT_TOTAL",
+        ini="testengine_split_total",
+        ci="shard_total",
+    ),
+    _row(
+        "split_by",
+        "Unit of the split: single tests, or whole files (module fixtures set up once).",
+        choice("test", "file"),
+        "test",
+        flag="--split-by",
+    ),
+    _row(
+        "split_mode",
+        "static: each shard gets a fixed share after collection; dynamic: shards take chunks "
+        "of work from the collector until none is left.",
+        choice("static", "dynamic"),
+        "static",
+        flag="--split-mode",
+    ),
+    _row(
+        "split_fallback",
+        "When the collector cannot plan the split: local (every shard computes the same plan "
+        "alone), all (run every test), fail (stop with an error).",
+        choice("local", "all", "fail"),
+        "local",
+    ),
+    _row(
+        "durations",
+        "Durations file for the local fallback plan: JSON {node id: seconds}, the format of "
+        "pytest-split's .test_durations.",
+        PATH,
     ),
 )
 

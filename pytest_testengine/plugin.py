@@ -23,6 +23,7 @@ from pytest_testengine.tags import MARKER_HELP
 
 if TYPE_CHECKING:
     from pytest_testengine.recording import Recorder
+    from pytest_testengine.sharding import SplitSpec
 
 SETTINGS = pytest.StashKey[Settings]()
 RECORDER: pytest.StashKey[Recorder] = pytest.StashKey()
@@ -55,13 +56,48 @@ def pytest_configure(config: pytest.Config) -> None:
             return
         raise pytest.UsageError(str(exc)) from None
     config.stash[SETTINGS] = settings
-    if not settings.active or config.option.collectonly:
-        return
+    split = _split_spec(config, settings)
+    if settings.active and not config.option.collectonly:
+        _register_recording(config, settings, waits_for_plan=split is not None)
+    if split is not None and not hasattr(config, "workerinput"):
+        _register_sharder(config, settings, split)
+
+
+def _split_spec(config: pytest.Config, settings: Settings) -> SplitSpec | None:
+    """The split of this session (None: not a shard); a bad combination is a usage error."""
+    from pytest_testengine.sharding import split_spec
+
+    xdist = getattr(config.option, "dist", "no") != "no" or hasattr(config, "workerinput")
+    try:
+        return split_spec(settings, xdist=xdist)
+    except ConfigError as exc:
+        if config.option.help:
+            return None
+        raise pytest.UsageError(str(exc)) from None
+
+
+def _register_sharder(config: pytest.Config, settings: Settings, split: SplitSpec) -> None:
+    from pytest_testengine import sharding
+    from pytest_testengine.transport import Transport
+
+    transport = Transport(
+        settings.url, token=settings.token, timeout=settings.timeout, compress=settings.compress
+    )
+    client = sharding.PlanClient(transport, timeout=min(settings.timeout, sharding.PLAN_TIMEOUT))
+    recorder = config.stash.get(RECORDER, None)
+    on_plan = recorder.set_shard if recorder is not None else None
+    sharder = sharding.Sharder(config, split, client, on_plan=on_plan)
+    config.pluginmanager.register(sharder, "testengine-sharder")
+    config.add_cleanup(transport.close)
+
+
+def _register_recording(config: pytest.Config, settings: Settings, *, waits_for_plan: bool) -> None:
     from pytest_testengine import recording  # only now: httpx and the sender cost imports
 
     config.pluginmanager.register(recording.Tagger(FIXTURE_TAGS), "testengine-tagger")
     if not hasattr(config, "workerinput"):  # not an xdist worker: results are sent from here
         recorder = recording.Recorder(config, settings)
+        recorder.wait_for_plan = waits_for_plan
         config.stash[RECORDER] = recorder
         config.pluginmanager.register(recorder, "testengine-recorder")
 

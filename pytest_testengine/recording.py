@@ -91,14 +91,13 @@ class Tagger:
 def run_info(settings: Settings, *, pytest_version: str) -> dict[str, Any]:
     """The run context of this session (the ``run`` object of the wire format)."""
     ci = settings.ci
-    extra = settings.extra
     run_tags = default_tags(
         ci_provider=ci.provider, pytest_version=pytest_version, plugin_version=__version__
     )
     run_tags.update(settings.tags)
     kept, _ = limit_tags(run_tags, Limits(settings.max_tags, settings.max_tag_length))
-    shard_index = extra.get("split_index", ci.shard_index)
-    shard_total = extra.get("split_total", ci.shard_total)
+    shard_index = ci.shard_index if settings.split_index is None else settings.split_index
+    shard_total = ci.shard_total if settings.split_total is None else settings.split_total
     return {
         "run_id": new_id(),
         "suite": settings.suite,
@@ -163,6 +162,30 @@ class Recorder:
         self.line: str | None = None
         self.errors: list[str] = []
         self._printed = False
+        #: Splitting is on: the sender starts once the plan is known (its id goes into the
+        #: run context), or at the first test report at the latest.
+        self.wait_for_plan = False
+        self.shard: dict[str, Any] = {}
+        self._started = False
+        self._early: list[dict[str, Any]] = []  # collection results before the start
+
+    def set_shard(self, plan_id: str | None, index: int, total: int) -> None:
+        """The split plan this session runs (called once the plan is known)."""
+        self.shard = {"plan_id": plan_id, "shard_index": index, "shard_total": total}
+        self._start_once()
+
+    def _start_once(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        try:
+            self.start()
+            for result in self._early:
+                if self.sender is not None:
+                    self.sender.submit(result)
+        except Exception as exc:
+            self._failed(exc)
+        self._early.clear()
 
     def _path(self, value: str) -> Path:
         return self.config.invocation_params.dir / value
@@ -170,6 +193,7 @@ class Recorder:
     def start(self) -> None:
         settings = self.settings
         self.run = run_info(settings, pytest_version=pytest.__version__)
+        self.run.update(self.shard)
         spool_dir = (
             self._path(settings.spool_dir)
             if settings.spool_dir
@@ -204,12 +228,12 @@ class Recorder:
     # -- hooks ------------------------------------------------------------------------------
 
     def pytest_sessionstart(self) -> None:
-        try:
-            self.start()
-        except Exception as exc:
-            self._failed(exc)
+        if not self.wait_for_plan:
+            self._start_once()
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if not self._started:
+            self._start_once()
         try:
             result = self.assembler.test_report(report)
             if result is not None and self.sender is not None:
@@ -220,7 +244,9 @@ class Recorder:
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
         try:
             result = self.assembler.collect_report(report)
-            if result is not None and self.sender is not None:
+            if result is not None and not self._started:
+                self._early.append(result)
+            elif result is not None and self.sender is not None:
                 self.sender.submit(result)
         except Exception as exc:
             self._failed(exc)
@@ -239,6 +265,7 @@ class Recorder:
 
     def finish(self) -> None:
         """Flush and close the sender (at most the flush deadline) and compose the summary."""
+        self._start_once()  # a session that ended before its plan still delivers its results
         sender, self.sender = self.sender, None
         if sender is None:
             if self.errors and self.line is None:

@@ -53,6 +53,17 @@ class Rejected:
 Answer = Delivered | Retry | Rejected
 
 
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A 2xx answer to :meth:`Transport.call`, with its JSON body."""
+
+    status: int
+    data: object
+
+
+CallAnswer = Reply | Retry | Rejected
+
+
 def parse_retry_after(value: str | None, *, now: float) -> float | None:
     """Seconds to wait from a ``Retry-After`` header (seconds or an HTTP date), or None."""
     if not value:
@@ -159,6 +170,29 @@ class Transport:
         except httpx.TransportError as exc:
             return Retry(describe_error(exc, self.url), unreachable=True)
         return classify(response.status_code, response.headers, response.content, now=time.time())
+
+    def call(self, path: str, payload: object, *, timeout: float | None = None) -> CallAnswer:
+        """POST ``payload`` as JSON to ``path`` (the split plan endpoints) and read the JSON
+        answer; like :meth:`post`, never raises for a network or HTTP problem."""
+        client = self._open()
+        body = orjson.dumps(payload)
+        content = gzip.compress(body, compresslevel=5) if self.compress else body
+        limit = self.timeout if timeout is None else max(0.05, min(timeout, self.timeout))
+        try:
+            response = client.post(path, content=content, timeout=limit)
+        except httpx.TransportError as exc:
+            return Retry(describe_error(exc, self.url), unreachable=True)
+        status = response.status_code
+        if 200 <= status < 300:
+            try:
+                return Reply(status, orjson.loads(response.content))
+            except orjson.JSONDecodeError:
+                return Rejected(status, f"the collector answered {status} without JSON", False)
+        reason = f"the collector answered {status} to POST {path} ({_error_text(response.content)})"
+        if status in (408, 429) or status >= 500:
+            retry_after = parse_retry_after(response.headers.get("retry-after"), now=time.time())
+            return Retry(reason, retry_after)
+        return Rejected(status, reason, keep=False)
 
     def close(self) -> None:
         if self._client is not None:

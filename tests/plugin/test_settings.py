@@ -80,9 +80,12 @@ def test_ci_detection_fills_the_run_and_env_overrides_it(
         "TESTENGINE_COMMIT": "override",
     }.items():
         monkeypatch.setenv(name, value)
-    pytester.makepyfile(ONE_TEST)
+    # a parallel job splits the suite (docs/splitting.md): three tests, one per shard
+    pytester.makepyfile(
+        "import pytest\n\n@pytest.mark.parametrize('i', range(3))\ndef test_x(i):\n    pass\n"
+    )
     pytester.runpytest_subprocess("--testengine", "-p", "no:cacheprovider").assert_outcomes(
-        passed=1
+        passed=1, deselected=2
     )
     stored(collector, 1)
     (run,) = collector.runs()

@@ -212,20 +212,20 @@ def test_a_bad_value_in_a_lower_source_is_reported_even_when_unused_for_tags_onl
 
 
 def test_rows_added_by_other_modules_land_in_extra() -> None:
-    split_index = Option(
-        name="split_index",
+    shard_label = Option(
+        name="shard_label",
         help="Shard index.",
         type=options.POSITIVE_INT,
-        flag="--split-index",
-        env="TESTENGINE_SPLIT_INDEX",
+        flag="--testengine-shard-label",
+        env="TESTENGINE_SHARD_LABEL",
         ci="shard_total",
     )
-    settings = resolve({"split_index": "3"}, {}, {}, options=[*options.OPTIONS, split_index])
-    assert settings.extra == {"split_index": 3}
-    assert settings.get("split_index") == 3
+    settings = resolve({"shard_label": "3"}, {}, {}, options=[*options.OPTIONS, shard_label])
+    assert settings.extra == {"shard_label": 3}
+    assert settings.get("shard_label") == 3
     assert settings.get("batch_size") == 500
-    settings = resolve({}, {}, {}, CiInfo(shard_total=4), options=[split_index])
-    assert settings.get("split_index") == 4
+    settings = resolve({}, {}, {}, CiInfo(shard_total=4), options=[shard_label])
+    assert settings.get("shard_label") == 4
 
 
 def test_defaults_match_the_settings_class() -> None:
