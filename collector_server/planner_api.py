@@ -28,6 +28,7 @@ from pytest_testengine.splitting import SPLIT_BY
 MAX_BUILD_ID: Final = 256
 MAX_SHARDS: Final = 1024
 PLAN_ID_LENGTH: Final = 32
+INLINE_BODY: Final = 64 * 1024  # larger or gzip bodies of /next are decoded in a worker thread
 
 ReadBody = Callable[[Request], Awaitable[bytes]]
 
@@ -218,14 +219,17 @@ class PlannerApi:
         self.read_body = read_body
         self.limits = ingest.Limits.from_settings(settings)
 
-    async def _json(self, request: Request) -> Any:
+    async def _body(self, request: Request) -> tuple[bytes, bool]:
+        """The raw body (bounded by max_body_bytes) and whether it is gzip-encoded."""
         headers = request.headers
         ingest.check_content_type(headers.get("content-type"))
         gzipped = ingest.is_gzip(headers.get("content-encoding"))
-        body = await self.read_body(request)
+        return await self.read_body(request), gzipped
+
+    def _decode(self, body: bytes, gzipped: bool) -> Any:
         limit = self.limits.max_decompressed_bytes
         if gzipped:
-            body = await run_in_threadpool(ingest.gunzip, body, limit)
+            body = ingest.gunzip(body, limit)
         elif len(body) > limit:
             raise ingest.too_large(len(body), limit)
         return ingest.parse_json(body)
@@ -233,14 +237,16 @@ class PlannerApi:
     async def post_plan(self, request: Request) -> Response:
         try:
             tenant = self.auth.authenticate(request.headers.get("authorization"))
-            obj = await self._json(request)
-            plan = await run_in_threadpool(self._plan, tenant, obj)
+            body, gzipped = await self._body(request)
+            plan = await run_in_threadpool(self._plan, tenant, body, gzipped)
         except RequestError as exc:
             return json_body(exc.to_dict(), exc.status)
         return json_body(plan)
 
-    def _plan(self, tenant: str, obj: Any) -> bytes:
-        return self.planner.plan(tenant, validate_plan_request(obj, self.settings))
+    def _plan(self, tenant: str, body: bytes, gzipped: bool) -> bytes:
+        """Decode, check and answer a plan request (in a worker thread: bodies can be MBs)."""
+        request = validate_plan_request(self._decode(body, gzipped), self.settings)
+        return self.planner.plan(tenant, request)
 
     async def post_next(self, request: Request) -> Response:
         plan_id = request.path_params["plan_id"]
@@ -254,10 +260,13 @@ class PlannerApi:
                     "hex digits from POST /v1/plans",
                     "plan_id",
                 )
-            obj = await self._json(request)
-            answer = await run_in_threadpool(
-                self.planner.next, tenant, plan_id, validate_next_request(obj)
-            )
+            body, gzipped = await self._body(request)
+            if gzipped or len(body) > INLINE_BODY:
+                obj = await run_in_threadpool(self._decode, body, gzipped)
+            else:
+                obj = self._decode(body, gzipped)
+            next_request = validate_next_request(obj)
+            answer = await run_in_threadpool(self.planner.next, tenant, plan_id, next_request)
         except RequestError as exc:
             return json_body(exc.to_dict(), exc.status)
         return json_body(answer)

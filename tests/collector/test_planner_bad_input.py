@@ -259,9 +259,15 @@ async def test_body_limits_and_encodings(settings: CollectorSettings) -> None:
         response = await client.post("/v1/plans", content=bomb, headers=GZIP_JSON)
         assert response.status_code == 413
         assert response.json()["error"]["code"] == "decompressed_too_large"
-        small = gzip.compress(orjson.dumps(plan_body(TESTS[:4])))
+        small = gzip.compress(orjson.dumps(plan_body(TESTS[:4], mode="dynamic")))
         response = await client.post("/v1/plans", content=small, headers=GZIP_JSON)
         assert response.status_code == 200, response.text
+        path = f"/v1/plans/{response.json()['plan_id']}/next"
+        asked = gzip.compress(orjson.dumps({"index": 1}))
+        response = await client.post(path, content=asked, headers=GZIP_JSON)
+        assert response.json()["chunk"]["id"] == 0
+        response = await client.post(path, content=b"[1, 2", headers=JSON)
+        assert (response.status_code, response.json()["error"]["code"]) == (400, "invalid_json")
         for content, headers, code in [
             (b"{nope", JSON, "invalid_json"),
             (b"\xff\xfe", JSON, "invalid_utf8"),
