@@ -1,15 +1,19 @@
 """Plans for sharded builds: made once from the store's durations, cached, served to every shard.
 
-Contract notes (the HTTP API is documented in docs/collector-api.md):
+Contract notes (the HTTP API is documented in docs/collector-api.md); everything else is as
+agreed, and these only add to it or pin down what it left open:
 
-- ``POST /v1/plans/{plan_id}/next`` answers ``retry_after`` (seconds) whenever it hands out no
-  chunk and the queue is not done, even when the only chunks left are leased to the asker
-  itself; ``retry_after`` is null exactly when a chunk is handed out or the queue is done.
+- ``POST /v1/plans/{plan_id}/next`` answers ``retry_after`` (seconds, 0.1 to 5) whenever it
+  hands out no chunk and the queue is not done, even when the only chunks left are leased to
+  the asker itself; ``retry_after`` is null exactly when a chunk is handed out or the queue is
+  done.  ``next`` on a static plan is 409 ``plan_not_dynamic``.
 - A chunk's lease is ``max(lease_seconds, 3 x chunk estimate + lease_margin)``; both are
-  collector settings (defaults 60 and 30 seconds).
+  collector settings (defaults 60 and 30 seconds, the agreed formula).
+- The plan answer also carries ``tests`` (how many node ids the plan holds); the builds
+  report's ``dynamic`` object also carries ``re_leased`` (chunks handed out more than once).
 - The builds report counts a test in ``ran_more_than_once`` when more than one run (pytest
   session) of the build reported it; ``one_plan`` is true when at least one run reported and
-  every run carried the same plan id.
+  every run carried the same plan id; ``planned`` is the union of the build's plans' tests.
 
 A plan is keyed by (tenant, suite, build id, shard count, granularity, mode, test-set hash) and
 its id is a digest of that key, so every shard of a build that collected the same tests gets the

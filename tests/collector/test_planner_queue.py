@@ -328,3 +328,16 @@ def test_next_refuses_what_does_not_fit_the_plan(planner: Planner) -> None:
         planner.next("default", static_id, NextRequest(0, [], []))
     assert (info.value.status, info.value.code) == (409, "plan_not_dynamic")
     assert "plan " + static_id + " is static" in info.value.message
+
+
+def test_dynamic_by_file_keeps_a_file_in_one_chunk(planner: Planner) -> None:
+    request = PlanRequest("default", "b-2", 2, 0, "file", "dynamic", TESTS)
+    plan = orjson.loads(planner.plan("default", request))
+    chunk_of: dict[str, int] = {}
+    for _ in range(plan["chunks"]):
+        chunk = planner.next("default", plan["plan_id"], NextRequest(0, [], []))["chunk"]
+        for test in chunk["tests"]:
+            file = test.partition("::")[0]
+            assert chunk_of.setdefault(file, chunk["id"]) == chunk["id"]
+    assert len(chunk_of) == 6
+    assert planner.next("default", plan["plan_id"], NextRequest(0, [], []))["chunk"] is None
