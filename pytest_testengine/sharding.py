@@ -517,8 +517,10 @@ class Sharder:
     ) -> None:
         if session.testsfailed and not config.option.continue_on_collection_errors:
             return  # pytest stops after collection errors: no plan for a broken collection
-        self._ids = [item.nodeid for item in items]
-        self.collected = len(dict.fromkeys(self._ids))
+        self._ids = list(dict.fromkeys(item.nodeid for item in items))
+        self.collected = len(self._ids)
+        if not self._ids:
+            return  # nothing to split
         try:
             answer = self.client.create(self.spec, self._ids)
         except PlanUnavailable as exc:
