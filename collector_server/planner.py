@@ -6,7 +6,9 @@ agreed, and these only add to it or pin down what it left open:
 - ``POST /v1/plans/{plan_id}/next`` answers ``retry_after`` (seconds, 0.1 to 5) whenever it
   hands out no chunk and the queue is not done, even when the only chunks left are leased to
   the asker itself; ``retry_after`` is null exactly when a chunk is handed out or the queue is
-  done.  ``next`` on a static plan is 409 ``plan_not_dynamic``.
+  done.  It is the time until another shard's chunk is expected to be completed (lease start
+  + estimate, at least 1 s) or its lease expires, whichever comes first, so an idle shard
+  learns soon that the queue is done.  ``next`` on a static plan is 409 ``plan_not_dynamic``.
 - A chunk's lease is ``max(lease_seconds, 3 x chunk estimate + lease_margin)``; both are
   collector settings (defaults 60 and 30 seconds, the agreed formula).
 - The plan answer also carries ``tests`` (how many node ids the plan holds); the builds
@@ -66,6 +68,8 @@ MODES: Final[tuple[Mode, ...]] = ("static", "dynamic")
 #: Bounds of the ``retry_after`` a shard is told when no chunk is free.
 RETRY_AFTER_MIN: Final = 0.1
 RETRY_AFTER_MAX: Final = 5.0
+#: How often a shard with nothing to do asks again while others run chunks past their estimate.
+OVERDUE_POLL: Final = 1.0
 #: A chunk's lease is at least this many times its estimate (plus the margin).
 LEASE_FACTOR: Final = 3.0
 #: How many never-reported tests the builds report lists.
@@ -242,18 +246,27 @@ def next_chunk(
         return changes, free.chunk_id, answer
     retry_after: float | None = None
     if remaining:
-        others = [
-            c.lease_until - now
+        waits = [
+            _wait_for(c.lease_until, c.estimate, now, lease)
             for c in chunks
             if c.chunk_id not in done
             and c.chunk_id not in renewed
             and c.lease_until is not None
             and c.lease_until > now
         ]
-        wait = min(others) if others else RETRY_AFTER_MAX
+        wait = min(waits) if waits else RETRY_AFTER_MAX
         retry_after = round(min(max(wait, RETRY_AFTER_MIN), RETRY_AFTER_MAX), 3)
     answer = QueueAnswer(None, 0.0, remaining == 0, retry_after, lease(0.0), remaining)
     return changes, None, answer
+
+
+def _wait_for(
+    lease_until: float, estimate: float, now: float, lease: Callable[[float], float]
+) -> float:
+    """Seconds until another shard's chunk may change: its lease expires, or it is expected
+    to be completed (lease start + estimate; at least OVERDUE_POLL seconds)."""
+    finishes = lease_until - lease(estimate) + estimate - now
+    return min(lease_until - now, max(finishes, OVERDUE_POLL))
 
 
 def check_chunk_ids(request: NextRequest, chunks: int) -> None:

@@ -14,6 +14,7 @@ import pytest
 
 from collector_server.errors import RequestError
 from collector_server.planner import (
+    OVERDUE_POLL,
     RETRY_AFTER_MAX,
     RETRY_AFTER_MIN,
     NextRequest,
@@ -150,7 +151,27 @@ def test_holding_renews_only_the_holders_lease() -> None:
     assert (queue.chunks[1].holder, queue.chunks[1].lease_until) == (1, 121.0)
     blocked = queue.ask(2)
     assert blocked.chunk is None
-    assert blocked.retry_after == RETRY_AFTER_MAX  # leases run for another minute
+    assert blocked.retry_after == OVERDUE_POLL  # every chunk is past its estimate
+
+
+def test_retry_after_follows_expected_completion_and_expiry() -> None:
+    queue = Queue(3.0, 30.0)
+    assert queue.ask(0).chunk == 0  # 3 s of work, leased for 60 s
+    queue.now = 0.5
+    assert queue.ask(1).chunk == 1  # 30 s of work, leased from 0.5 for 120 s
+    queue.now = 1.0
+    assert queue.ask(2).retry_after == 2.0  # chunk 0 should be done at 3
+    queue.now = 2.5
+    assert queue.ask(2).retry_after == OVERDUE_POLL  # never more often than every second
+    queue.now = 40.0
+    assert queue.ask(2).retry_after == OVERDUE_POLL  # both overdue
+    queue.ask(1, completed=(1,))
+    queue.now = 59.0
+    assert queue.ask(2).retry_after == OVERDUE_POLL
+    queue.now = 59.99
+    assert queue.ask(2).retry_after == RETRY_AFTER_MIN  # chunk 0's lease ends at 60
+    queue.now = 60.0
+    assert queue.ask(2).chunk == 0
 
 
 def test_retry_after_bounds_and_own_chunks() -> None:
@@ -259,7 +280,7 @@ def test_planner_re_leases_an_expired_chunk_after_a_restart(
     planner.open()  # the queue's state is on disk
     blocked = planner.next("default", plan_id, NextRequest(1, [second["chunk"]["id"]], []))
     assert blocked["chunk"] is None
-    assert blocked["retry_after"] == RETRY_AFTER_MAX
+    assert blocked["retry_after"] == 1.001  # the other chunk should be done by then
     clock.now += 9.0
     assert planner.next("default", plan_id, NextRequest(1, [], []))["retry_after"] == 1.0
     report = planner.build("default", "default", "b-1")

@@ -3,15 +3,19 @@ agree on one plan, and a dynamic queue re-leases the chunk of a shard that stopp
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from pytest_testengine.model import Batch, Result, RunInfo, new_id
-from tests.support.collector import CollectorFactory, CollectorProcess
+from tests.support.collector import CollectorFactory, CollectorProcess, collector_env
 
 TESTS = [f"tests/test_{i % 7}.py::test_{i}" for i in range(300)]
 DEADLINE = 60.0  # seconds any polling loop below may take before the test fails
@@ -124,3 +128,57 @@ def test_a_stopped_shard_only_delays_its_chunk(collector_factory: CollectorFacto
         "expired_leases": 0,
         "re_leased": 1,
     }
+
+
+SUITE = """
+import pytest
+
+@pytest.mark.parametrize("i", range(12))
+def test_param(i):
+    assert i >= 0
+
+def test_plain():
+    pass
+"""
+
+
+@pytest.mark.parametrize("mode", ["static", "dynamic"])
+def test_plugin_shards_run_every_test_once(
+    collector: CollectorProcess, tmp_path: Path, mode: str
+) -> None:
+    """Three real pytest shards with the plugin: one plan, every planned test run exactly once."""
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    for name in "abcd":
+        (suite / f"test_{name}.py").write_text(SUITE)
+    env = collector_env({"TESTENGINE_URL": collector.url})
+    shards = [
+        subprocess.Popen(
+            [
+                sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
+                "--testengine", "--testengine-build-id", f"e2e-{mode}",
+                "--split-index", str(index), "--split-total", "3", "--split-mode", mode,
+                "--testengine-split-fallback", "fail",
+            ],
+            cwd=suite,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for index in range(3)
+    ]  # fmt: skip
+    outputs = [shard.communicate(timeout=DEADLINE)[0] for shard in shards]
+    for shard, output in zip(shards, outputs, strict=True):
+        assert shard.returncode == 0, output
+    collector.wait_for_results(52)
+    report = collector.get(f"/v1/suites/default/builds/e2e-{mode}").json()
+    assert len(report["plans"]) == 1, report
+    assert report["plans"][0]["asked_by"] == [0, 1, 2]
+    assert report["plans"][0]["mode"] == mode
+    assert report["one_plan"] is True
+    assert report["plans_reported"] == [report["plans"][0]["plan_id"]]
+    assert report["shards_reported"] == [0, 1, 2] or mode == "dynamic"
+    assert (report["planned"], report["ran"], report["not_run"]) == (52, 52, [])
+    assert report["ran_more_than_once"] == 0
+    assert len(collector.results()) == 52
