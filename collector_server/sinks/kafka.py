@@ -25,10 +25,10 @@ import struct
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
+import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from collector_server.kafka_admin import (
@@ -43,7 +43,13 @@ from collector_server.kafka_metrics import KafkaMetrics
 from collector_server.settings import CollectorSettings
 from collector_server.sinks import SinkUnavailable
 from collector_server.sinks.wal import WalError, WalFull, WriteAheadLog
-from pytest_testengine.model import SCHEMA_VERSION, Record, encode_record
+from pytest_testengine.model import (
+    SCHEMA_VERSION,
+    Record,
+    Result,
+    RunInfo,
+    encode_record,
+)
 
 log = logging.getLogger("testengine.collector.kafka")
 
@@ -56,8 +62,7 @@ WAL_DIR: Final = "wal"  # in the collector's data directory
 DEFAULT_DELIVERY_TIMEOUT: Final = 5.0
 
 
-@dataclass(frozen=True, slots=True)
-class Outgoing:
+class Outgoing(NamedTuple):
     """One Kafka record ready to produce (also what a WAL entry holds)."""
 
     tenant: str
@@ -69,10 +74,7 @@ class Outgoing:
         return cls(record.tenant, record.key.encode(), encode_record(record))
 
     def headers(self) -> list[tuple[str, str | bytes | None]]:
-        return [
-            (SCHEMA_HEADER, str(SCHEMA_VERSION).encode()),
-            (TENANT_HEADER, self.tenant.encode()),
-        ]
+        return headers_of(self.tenant)
 
     def to_entry(self) -> bytes:
         tenant = self.tenant.encode()
@@ -86,36 +88,92 @@ class Outgoing:
         key = entry[start + tenant_len : start + tenant_len + key_len]
         return cls(tenant, key, entry[start + tenant_len + key_len :])
 
+    @classmethod
+    def from_message(cls, message: Message) -> Outgoing:
+        """The record of a message the producer gave back (a failed delivery: delivery reports
+        carry no headers, the tenant is read from the value)."""
+        key, value = message.key(), message.value()
+        data = value.encode() if isinstance(value, str) else (value or b"")
+        try:
+            tenant = str(orjson.loads(data)["tenant"])
+        except (orjson.JSONDecodeError, KeyError, TypeError):  # not ours: never produced here
+            tenant = ""
+        return cls(tenant, key.encode() if isinstance(key, str) else (key or b""), data)
+
+
+@functools.lru_cache(maxsize=1024)
+def headers_of(tenant: str) -> list[tuple[str, str | bytes | None]]:
+    """The headers of every record of ``tenant`` (shared, never changed)."""
+    return [(SCHEMA_HEADER, str(SCHEMA_VERSION).encode()), (TENANT_HEADER, tenant.encode())]
+
+
+_PLACEHOLDER = Result(id="", nodeid="", file="", name="", outcome="passed")
+_RESULT_KEY = b'"result":'
+
+
+def _plain(obj: object) -> Any:
+    """What orjson cannot encode by itself, as ``encode_record`` encodes it."""
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    raise TypeError(f"cannot encode {type(obj).__name__}")
+
+
+def outgoing_of(records: Sequence[Record]) -> list[Outgoing]:
+    """``Outgoing.of`` of every record, byte for byte, with each run context encoded once (the
+    records of one batch share it): ``encode_record`` spends most of its time on the run."""
+    heads: dict[tuple[int, str], tuple[RunInfo, bytes]] = {}
+    out: list[Outgoing] = []
+    for record in records:
+        run, tenant = record.run, record.tenant
+        cached = heads.get((id(run), tenant))
+        if cached is None:
+            # '{"schema":1,"tenant":..,"run":{..},"result":{..}}' up to and with '"result":'
+            # (the last one: inside a JSON string the quote after result would be escaped)
+            whole = encode_record(Record(tenant, run, _PLACEHOLDER))
+            cached = (run, whole[: whole.rindex(_RESULT_KEY) + len(_RESULT_KEY)])
+            heads[(id(run), tenant)] = cached  # holds the run, so its id is not reused
+        # orjson encodes a dataclass as its fields in order: result_to_dict's keys and values
+        value = cached[1] + orjson.dumps(record.result, default=_plain) + b"}"
+        out.append(Outgoing(tenant, record.key.encode(), value))
+    return out
+
 
 class _Delivery:
-    """Delivery reports of one batch; resolves ``future`` with the failed indexes."""
+    """Delivery reports of one batch; resolves ``future`` with the failed records and the
+    error of each."""
 
     def __init__(self, size: int, loop: asyncio.AbstractEventLoop) -> None:
-        self.future: asyncio.Future[list[tuple[int, str]]] = loop.create_future()
+        self.future: asyncio.Future[list[tuple[Outgoing, str]]] = loop.create_future()
         self._loop = loop
         self._pending = size
-        self._failed: list[tuple[int, str]] = []
+        self._failed: list[tuple[Outgoing, str]] = []
         self._lock = threading.Lock()
         if size == 0:
             self.future.set_result([])
 
-    def report(self, index: int, error: KafkaError | None, _message: Message) -> None:
-        self._settle(1, [(index, error_name(error))] if error is not None else [])
+    def report(self, error: KafkaError | None, message: Message) -> None:
+        """librdkafka's delivery callback (in the poll thread), one call per record."""
+        if error is None:
+            self._settle(1, ())
+        else:
+            self._settle(1, [(Outgoing.from_message(message), error_name(error))])
 
-    def give_up(self, indexes: range, reason: str) -> None:
-        self._settle(len(indexes), [(i, reason) for i in indexes])
+    def give_up(self, items: Sequence[Outgoing], reason: str) -> None:
+        self._settle(len(items), [(item, reason) for item in items])
 
-    def _settle(self, count: int, failed: list[tuple[int, str]]) -> None:
+    def _settle(self, count: int, failed: Sequence[tuple[Outgoing, str]]) -> None:
         with self._lock:
-            self._failed.extend(failed)
+            if failed:
+                self._failed.extend(failed)
             self._pending -= count
             done = self._pending == 0
-            result = sorted(self._failed)
         if done:
-            self._loop.call_soon_threadsafe(_resolve, self.future, result)
+            self._loop.call_soon_threadsafe(_resolve, self.future, self._failed)
 
 
-def _resolve(future: asyncio.Future[list[tuple[int, str]]], value: list[tuple[int, str]]) -> None:
+def _resolve(
+    future: asyncio.Future[list[tuple[Outgoing, str]]], value: list[tuple[Outgoing, str]]
+) -> None:
     if not future.done():
         future.set_result(value)
 
@@ -251,13 +309,13 @@ class KafkaSink:
             return
         if self._producer is None:
             raise SinkUnavailable("[testengine] the Kafka sink is not started", retry_after=1.0)
-        outgoing = [Outgoing.of(r) for r in records]
+        outgoing = outgoing_of(records)
         if self.wal.depth or not self.reachable:
             await self._to_wal(outgoing)
             return
         failed = await self._deliver(outgoing)
         if failed:
-            await self._to_wal([outgoing[i] for i, _ in failed])
+            await self._to_wal([item for item, _ in failed])
 
     async def _to_wal(self, outgoing: Sequence[Outgoing]) -> None:
         self._drained.clear()
@@ -276,41 +334,33 @@ class KafkaSink:
         if self._wake is not None:
             self._wake.set()
 
-    async def _deliver(self, outgoing: Sequence[Outgoing]) -> list[tuple[int, str]]:
-        """Produce and wait for every delivery report; the failed (index, error) pairs."""
+    async def _deliver(self, outgoing: Sequence[Outgoing]) -> list[tuple[Outgoing, str]]:
+        """Produce and wait for every delivery report; the failed records with their error."""
         producer = self._producer
-        loop = asyncio.get_running_loop()
-        delivery = _Delivery(len(outgoing), loop)
+        delivery = _Delivery(len(outgoing), asyncio.get_running_loop())
         began = time.monotonic()
-        for index, item in enumerate(outgoing):
-            if producer is None:
-                delivery.give_up(range(index, len(outgoing)), "closed")
-                break
+        if producer is None:
+            delivery.give_up(outgoing, "closed")
+        else:
+            produce, topic, report = producer.produce, self.topic, delivery.report
+            index = 0
             try:
-                producer.produce(
-                    self.topic,
-                    value=item.value,
-                    key=item.key,
-                    headers=item.headers(),
-                    on_delivery=functools.partial(delivery.report, index),
-                )
+                for index, (tenant, key, value) in enumerate(outgoing):  # noqa: B007
+                    produce(topic, value, key, headers=headers_of(tenant), on_delivery=report)
             except BufferError:
-                delivery.give_up(range(index, len(outgoing)), "_QUEUE_FULL")
-                break
+                delivery.give_up(outgoing[index:], "_QUEUE_FULL")
             except KafkaException as exc:
-                name = error_name(exc.args[0] if exc.args else None)
-                delivery.give_up(range(index, len(outgoing)), name)
-                break
+                delivery.give_up(outgoing[index:], error_name(exc.args[0] if exc.args else None))
         try:
             failed = await asyncio.wait_for(
                 asyncio.shield(delivery.future), self.delivery_timeout + 5.0
             )
         except asyncio.TimeoutError:
-            failed = [(i, "_WAIT_TIMED_OUT") for i in range(len(outgoing))]
+            failed = [(item, "_WAIT_TIMED_OUT") for item in outgoing]
         self._account(len(outgoing), failed, time.monotonic() - began)
         return failed
 
-    def _account(self, total: int, failed: list[tuple[int, str]], seconds: float) -> None:
+    def _account(self, total: int, failed: list[tuple[Outgoing, str]], seconds: float) -> None:
         if failed:
             first = failed[0][1]
             if self.reachable or self.last_error != first:

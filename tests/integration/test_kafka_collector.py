@@ -84,6 +84,11 @@ def test_broker_stopped_mid_stream_loses_and_doubles_nothing(
     assert metric(metrics, "testengine_wal_depth_records") == 0
     assert metric(metrics, "testengine_results_accepted_total") == len(poster.accepted)
     assert partition_count(kafka_broker.bootstrap, kafka_topic) == 3  # created by the collector
+    # records that failed delivery went through the WAL and kept their headers
+    messages = read_all(kafka_broker.bootstrap, kafka_topic, expected=len(poster.accepted))
+    assert {tuple(m.headers() or ()) for m in messages} == {
+        (("schema", b"1"), ("tenant", b"default"))
+    }
 
 
 def test_collector_killed_mid_stream_restarts_from_kafka(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import types
 
 import orjson
 import pytest
@@ -10,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from collector_server.consumer import check_record, decode_message
-from collector_server.sinks.kafka import Outgoing
+from collector_server.sinks.kafka import Outgoing, outgoing_of
 from pytest_testengine.model import Record, Result, RunInfo, decode_record, encode_record
 
 RUN = RunInfo(run_id="r1", suite="unit")
@@ -46,6 +47,40 @@ def test_wal_entries_round_trip(tenant: str, nodeid: str, suite: str) -> None:
     back = Outgoing.from_entry(out.to_entry())
     assert back == out
     assert decode_record(back.value) == record
+
+
+text = st.text(max_size=40)
+
+
+@given(
+    tenants=st.lists(st.sampled_from(["acme", "globex", 'a"result":b']), min_size=1, max_size=6),
+    run_tag=text,
+    result_tag=text,
+    message=st.none() | text,
+)
+def test_outgoing_of_a_batch_is_byte_for_byte_outgoing_of_each_record(
+    tenants: list[str], run_tag: str, result_tag: str, message: str | None
+) -> None:
+    """The batch encoder (each run encoded once) must give exactly the records' own bytes:
+    tags in mappings that are not dicts, quotes and '"result":' inside strings, two runs."""
+    runs = [
+        dataclasses.replace(RUN, tags={"k": run_tag, '"result":': '{"result":1}'}),
+        dataclasses.replace(RUN, run_id="r2", suite=run_tag or "s", branch='"result":'),
+    ]
+    records = [
+        Record(
+            tenant,
+            runs[i % 2],
+            dataclasses.replace(
+                RESULT,
+                id=f"{i:032x}",
+                message=message,
+                tags=types.MappingProxyType({"t": result_tag}),
+            ),
+        )
+        for i, tenant in enumerate(tenants)
+    ]
+    assert outgoing_of(records) == [Outgoing.of(r) for r in records]
 
 
 def encoded(**changes: object) -> bytes:
