@@ -1,0 +1,274 @@
+"""Kafka ingest: results/s one collector process accepts into Kafka (acks=all), beside the
+embedded sink, and results/s a processor moves from Kafka to the store.
+
+Run from the repository root::
+
+    python benchmarks/kafka_ingest.py                    # starts a broker (scripts/kafka_broker.py)
+    python benchmarks/kafka_ingest.py --bootstrap HOST:PORT   # or use a running broker
+    python benchmarks/kafka_ingest.py --quick            # tiny sizes (a smoke run)
+
+Ingest: for 1, 8 and 32 concurrent clients, the two sinks take turns (embedded, Kafka,
+embedded, Kafka, ...) after a warm-up round of each.  Every round starts a fresh
+``testengine-collector serve`` on a free loopback port with a temporary data directory (Kafka:
+a fresh topic of 6 partitions, ``--processor false``, so the process only ingests; embedded: the
+default local log with its in-process processor, given time to catch up after the clock stops
+so that it does not slow the next round) and posts ``--batches`` gzipped batches of 500 results
+(built before the clock starts) from N keep-alive connections.  accepted/s counts results
+answered 202 (acknowledged by Kafka with acks=all, or fsynced to the local log) per second of
+posting; POST latency p50 / p99 is over every request of the measured rounds.
+
+Processor: ``testengine-collector process`` (fresh consumer group and data directory each
+round) consumes a topic filled by the ingest rounds into its SQLite store; results/s from its
+start until every record is stored (polled in the store).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import harness
+import loadgen
+
+from collector_server.auth import DEFAULT_TENANT
+from collector_server.store.sqlite import STORE_FILE, SqliteStore
+from tests.support.kafka import BrokerControl, load_broker_script
+
+BATCH = 500
+CLIENTS = (1, 8, 32)
+SINKS = ("embedded", "kafka")
+PARTITIONS = 6
+CATCH_UP_TIMEOUT = 300.0
+SUITE = "bench"  # loadgen's suite
+
+
+# -- the broker
+
+
+class Broker:
+    """A broker from scripts/kafka_broker.py in a temporary directory (or none: --bootstrap)."""
+
+    def __init__(self, bootstrap: str | None) -> None:
+        self.bootstrap = bootstrap or ""
+        self._broker: BrokerControl | None = None
+        self._dir: Path | None = None
+
+    def __enter__(self) -> Broker:
+        if not self.bootstrap:
+            import tempfile
+
+            self._dir = Path(tempfile.mkdtemp(prefix="testengine-bench-kafka-"))
+            broker: BrokerControl = load_broker_script().Broker(self._dir)
+            self._broker = broker
+            self.bootstrap = broker.start(timeout=120.0)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._broker is not None:
+            self._broker.stop()
+        if self._dir is not None:
+            import shutil
+
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+
+# -- ingest
+
+
+def kafka_env(bootstrap: str, topic: str) -> dict[str, str]:
+    return {
+        "TESTENGINE_KAFKA_BOOTSTRAP": bootstrap,
+        "TESTENGINE_COLLECTOR_KAFKA_TOPIC": topic,
+        "TESTENGINE_COLLECTOR_KAFKA_PARTITIONS": str(PARTITIONS),
+        "TESTENGINE_COLLECTOR_PROCESSOR": "false",
+    }
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> float:
+    start = time.perf_counter()
+    while not condition():
+        if time.perf_counter() - start > timeout:
+            raise RuntimeError(f"{what} after {timeout} s")
+        time.sleep(0.02)
+    return time.perf_counter() - start
+
+
+def ingest_round(
+    sink: str, clients: int, batches: int, bootstrap: str, topics: list[str]
+) -> tuple[float, list[float]]:
+    """(accepted results/s, POST latencies) of one round with a fresh collector."""
+    env: dict[str, str] = {}
+    if sink == "kafka":
+        topic = f"bench.{uuid.uuid4().hex[:12]}"
+        topics.append(topic)
+        env = kafka_env(bootstrap, topic)
+    with (
+        harness.workdir("kafka-ingest") as tmp,
+        harness.Collector(tmp / "data", env=env) as collector,
+    ):
+        requests = loadgen.prepare("127.0.0.1", collector.port, batches, BATCH)
+        load = loadgen.post_all(
+            "127.0.0.1", collector.port, requests, clients=clients, batch_size=BATCH
+        )
+        if sink == "embedded":  # let its processor finish before the next round
+            wait_until(lambda: lag_of(collector) == 0, CATCH_UP_TIMEOUT, "processor still behind")
+    if load.rejected:
+        raise RuntimeError(f"{load.rejected} batches rejected by the {sink} collector")
+    return load.rate, load.latencies
+
+
+def lag_of(collector: harness.Collector) -> object:
+    processor = collector.status().get("processor")
+    return processor.get("lag") if isinstance(processor, dict) else None
+
+
+def measure_ingest(
+    batches: int, rounds: int, warmup: int, bootstrap: str, topics: list[str]
+) -> str:
+    rows = []
+    for clients in CLIENTS:
+        latencies: dict[str, list[float]] = {s: [] for s in SINKS}
+
+        def candidate(
+            sink: str, clients: int = clients, latencies: dict[str, list[float]] = latencies
+        ) -> Callable[[], float]:
+            def run() -> float:
+                rate, lat = ingest_round(sink, clients, batches, bootstrap, topics)
+                latencies[sink].extend(lat)
+                return rate
+
+            return run
+
+        runs = harness.alternate(
+            {s: candidate(s) for s in SINKS},
+            rounds=rounds,
+            warmup=warmup,
+            progress=functools.partial(progress, clients),
+        )
+        for sink in SINKS:
+            # latencies of the warm-up round are dropped with it: keep the measured rounds'
+            per_round = len(latencies[sink]) // (rounds + warmup)
+            measured = latencies[sink][per_round * warmup :]
+            rows.append(
+                (
+                    clients,
+                    "Kafka (acks=all)" if sink == "kafka" else "embedded (local log)",
+                    runs.spread(sink).fmt("", 0),
+                    f"{harness.percentile(measured, 50) * 1000:.1f}",
+                    f"{harness.percentile(measured, 99) * 1000:.1f}",
+                )
+            )
+    title = (
+        f"### Kafka ingest (one collector process; {batches} batches of {BATCH} results per "
+        f"round; median (min-max) of {rounds} rounds, sinks alternating)\n\n"
+    )
+    return title + harness.table(
+        ["clients", "sink", "accepted results/s", "POST p50 ms", "POST p99 ms"],
+        rows,
+        "rlrrr",
+    )
+
+
+def progress(clients: int, message: str) -> None:
+    harness.log(f"{clients} clients, {message} results/s")
+
+
+# -- processor
+
+
+def stored(data_dir: Path) -> int:
+    if not (data_dir / STORE_FILE).exists():
+        return 0
+    store = SqliteStore(data_dir / STORE_FILE).open()
+    try:
+        return sum(
+            int(s["results"])
+            for s in store.suites(DEFAULT_TENANT, limit=100).items
+            if s["suite"] == SUITE
+        )
+    finally:
+        store.close()
+
+
+def process_round(bootstrap: str, topic: str, expected: int) -> float:
+    """Results/s of one ``process`` from its start until ``expected`` results are stored."""
+    with harness.workdir("kafka-process") as tmp:
+        data = tmp / "data"
+        command = [
+            sys.executable,
+            "-m",
+            "collector_server",
+            "process",
+            "--kafka-bootstrap",
+            bootstrap,
+            "--kafka-topic",
+            topic,
+            "--kafka-group",
+            f"bench-{uuid.uuid4().hex[:8]}",
+            "--data-dir",
+            str(data),
+            "--log-level",
+            "warning",
+        ]
+        start = time.perf_counter()
+        proc = subprocess.Popen(
+            command,
+            cwd=harness.ROOT,
+            env=harness.bench_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_until(lambda: stored(data) >= expected, CATCH_UP_TIMEOUT, "processor behind")
+            seconds = time.perf_counter() - start
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    return expected / seconds
+
+
+def measure_processor(bootstrap: str, topic: str, records: int, rounds: int) -> str:
+    rates = [process_round(bootstrap, topic, records) for _ in range(rounds + 1)][1:]
+    for rate in rates:
+        harness.log(f"processor {rate:.0f} results/s")
+    spread = harness.Spread.of(rates)
+    return (
+        f"### Processor, Kafka to the SQLite store (`testengine-collector process`, "
+        f"{records} records on {PARTITIONS} partitions, default batch 5000; median (min-max) "
+        f"of {rounds} rounds after a warm-up, start-up included)\n\n"
+        + harness.table(["results/s"], [(spread.fmt("", 0),)], "r")
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run)")
+    parser.add_argument("--bootstrap", default=os.environ.get("TESTENGINE_TEST_KAFKA_BOOTSTRAP"))
+    parser.add_argument("--batches", type=int, default=None, help="batches of 500 per round")
+    parser.add_argument("--rounds", type=int, default=None, help="measured rounds")
+    args = parser.parse_args(argv)
+    batches = args.batches or (4 if args.quick else 200)
+    rounds = args.rounds or (1 if args.quick else 3)
+    warmup = 0 if args.quick else 1
+    print(f"Machine: {harness.machine()}\n")
+    with Broker(args.bootstrap) as broker:
+        topics: list[str] = []
+        print(measure_ingest(batches, rounds, warmup, broker.bootstrap, topics))
+        print()
+        print(measure_processor(broker.bootstrap, topics[-1], batches * BATCH, rounds))
+    print(f"\nLoad average at the end: {harness.load()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
