@@ -59,7 +59,7 @@ def pytest_configure(config: pytest.Config) -> None:
     split = _split_spec(config, settings)
     if settings.active and not config.option.collectonly:
         _register_recording(config, settings, waits_for_plan=split is not None)
-    if split is not None and not hasattr(config, "workerinput"):
+    if split is not None:
         _register_sharder(config, settings, split)
 
 
@@ -77,8 +77,17 @@ def _split_spec(config: pytest.Config, settings: Settings) -> SplitSpec | None:
 
 
 def _register_sharder(config: pytest.Config, settings: Settings, split: SplitSpec) -> None:
-    from pytest_testengine import sharding
+    from pytest_testengine import handoff, sharding
     from pytest_testengine.transport import Transport
+
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None:  # an xdist worker deselects what its controller planned
+        if handoff.SPLIT_DIR_KEY in workerinput:
+            worker = handoff.WorkerSelection(
+                split, workerinput[handoff.SPLIT_DIR_KEY], workerinput["workerid"]
+            )
+            config.pluginmanager.register(worker, "testengine-worker-selection")
+        return
 
     transport = Transport(
         settings.url, token=settings.token, timeout=settings.timeout, compress=settings.compress
@@ -89,6 +98,8 @@ def _register_sharder(config: pytest.Config, settings: Settings, split: SplitSpe
     sharder = sharding.Sharder(config, split, client, on_plan=on_plan)
     config.pluginmanager.register(sharder, "testengine-sharder")
     config.add_cleanup(transport.close)
+    if getattr(config.option, "dist", "no") != "no":  # xdist: the workers collect
+        config.pluginmanager.register(handoff.Handoff(sharder), "testengine-handoff")
 
 
 def _register_recording(config: pytest.Config, settings: Settings, *, waits_for_plan: bool) -> None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, cast
@@ -463,6 +463,17 @@ def empty_shard_line(spec: SplitSpec, collected: int) -> str:
 # -- the pytest plugin object --------------------------------------------------------------
 
 
+def deselect(config: pytest.Config, items: list[pytest.Item], keep: Collection[str] | None) -> None:
+    """Keep the items whose node id is in ``keep`` (all when None), in collection order."""
+    if keep is None:
+        return
+    kept = [item for item in items if item.nodeid in keep]
+    dropped = [item for item in items if item.nodeid not in keep]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+    items[:] = kept
+
+
 class Sharder:
     """Makes this session one shard: registered by the plugin only when splitting is on.
 
@@ -507,7 +518,7 @@ class Sharder:
         durations, note = durations_for_fallback(path)
         return fallback_selection(self.spec, self._ids, problem, durations, note)
 
-    def _told(self, plan_id: str | None) -> None:
+    def told(self, plan_id: str | None) -> None:
         if self.on_plan is not None:
             self.on_plan(plan_id, self.spec.index, self.spec.total)
 
@@ -517,25 +528,30 @@ class Sharder:
     ) -> None:
         if session.testsfailed and not config.option.continue_on_collection_errors:
             return  # pytest stops after collection errors: no plan for a broken collection
-        self._ids = list(dict.fromkeys(item.nodeid for item in items))
-        self.collected = len(self._ids)
-        if not self._ids:
+        ids = list(dict.fromkeys(item.nodeid for item in items))
+        if not ids:
             return  # nothing to split
         try:
-            answer = self.client.create(self.spec, self._ids)
+            planned = self.plan(ids)
+        except ConfigError as err:
+            raise pytest.UsageError(str(err)) from None
+        if isinstance(planned, PlanAnswer):
+            self._start_dynamic(planned)
+            return
+        if planned.warning:
+            self.write(planned.warning)
+        self._select(planned, config, items)
+
+    def plan(self, ids: list[str]) -> Selection | PlanAnswer:
+        """This shard's selection (a dynamic plan as the collector's answer); raises
+        ConfigError when there is no plan and the fallback is ``fail``."""
+        self._ids = ids
+        self.collected = len(ids)
+        try:
+            answer = self.client.create(self.spec, ids)
         except PlanUnavailable as exc:
-            try:
-                selection = self._fallback(str(exc))
-            except ConfigError as err:
-                raise pytest.UsageError(str(err)) from None
-            if selection.warning:
-                self.write(selection.warning)
-        else:
-            if answer.mode == "dynamic":
-                self._start_dynamic(answer)
-                return
-            selection = plan_selection(answer)
-        self._select(selection, config, items)
+            return self._fallback(str(exc))
+        return answer if answer.mode == "dynamic" else plan_selection(answer)
 
     def _start_dynamic(self, answer: PlanAnswer) -> None:
         from pytest_testengine.leasing import DynamicRun
@@ -549,22 +565,16 @@ class Sharder:
             write=self.write,
         )
         self.selection = Selection(keep=None, plan_id=answer.plan_id, estimated=None)
-        self._told(answer.plan_id)
+        self.told(answer.plan_id)
 
     def _select(
         self, selection: Selection, config: pytest.Config, items: list[pytest.Item]
     ) -> None:
-        if selection.keep is not None:
-            keep = selection.keep
-            kept = [item for item in items if item.nodeid in keep]
-            dropped = [item for item in items if item.nodeid not in keep]
-            if dropped:
-                config.hook.pytest_deselected(items=dropped)
-            items[:] = kept
+        deselect(config, items, selection.keep)
         self.emptied = self.collected > 0 and not items
         ran = len(dict.fromkeys(item.nodeid for item in items))
         self.write(summary_line(self.spec, selection, ran=ran, collected=self.collected))
-        self._told(selection.plan_id)
+        self.told(selection.plan_id)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> bool | None:
