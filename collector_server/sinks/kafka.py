@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import logging
 import struct
 import threading
@@ -140,35 +141,30 @@ def outgoing_of(records: Sequence[Record]) -> list[Outgoing]:
 
 class _Delivery:
     """Delivery reports of one batch; resolves ``future`` with the failed records and the
-    error of each."""
+    error of each.  Reports come from the poll thread, give-ups from the event loop: the shared
+    counter (``itertools.count``, atomic under the GIL) lets exactly one of them resolve."""
 
     def __init__(self, size: int, loop: asyncio.AbstractEventLoop) -> None:
         self.future: asyncio.Future[list[tuple[Outgoing, str]]] = loop.create_future()
         self._loop = loop
-        self._pending = size
+        self._last = size - 1
+        self._settled = itertools.count()
         self._failed: list[tuple[Outgoing, str]] = []
-        self._lock = threading.Lock()
         if size == 0:
             self.future.set_result([])
 
     def report(self, error: KafkaError | None, message: Message) -> None:
         """librdkafka's delivery callback (in the poll thread), one call per record."""
-        if error is None:
-            self._settle(1, ())
-        else:
-            self._settle(1, [(Outgoing.from_message(message), error_name(error))])
+        if error is not None:
+            self._failed.append((Outgoing.from_message(message), error_name(error)))
+        if next(self._settled) == self._last:
+            self._loop.call_soon_threadsafe(_resolve, self.future, self._failed)
 
     def give_up(self, items: Sequence[Outgoing], reason: str) -> None:
-        self._settle(len(items), [(item, reason) for item in items])
-
-    def _settle(self, count: int, failed: Sequence[tuple[Outgoing, str]]) -> None:
-        with self._lock:
-            if failed:
-                self._failed.extend(failed)
-            self._pending -= count
-            done = self._pending == 0
-        if done:
-            self._loop.call_soon_threadsafe(_resolve, self.future, self._failed)
+        self._failed.extend((item, reason) for item in items)
+        for _ in items:
+            if next(self._settled) == self._last:
+                self._loop.call_soon_threadsafe(_resolve, self.future, self._failed)
 
 
 def _resolve(
