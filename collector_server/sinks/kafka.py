@@ -473,7 +473,7 @@ class KafkaSink:
                 "enable.idempotence": True,
                 "acks": "all",
                 "compression.type": "zstd",
-                "linger.ms": 5,
+                "linger.ms": 1,  # a request produces all its records at once: 1 ms gathers them
                 "message.timeout.ms": int(self.delivery_timeout * 1000),
                 "reconnect.backoff.max.ms": 2000,
                 "error_cb": self._on_error,
