@@ -35,6 +35,7 @@ from collector_server.metrics import CONTENT_TYPE, Metrics
 from collector_server.planner import Planner
 from collector_server.planner_api import PlannerApi
 from collector_server.processor import LocalProcessor
+from collector_server.processor_child import ChildProcessor
 from collector_server.settings import CollectorSettings
 from collector_server.sinks import Sink, SinkUnavailable
 from collector_server.sinks.kafka import KafkaSink, kafka_sink
@@ -72,7 +73,7 @@ def build_store(settings: CollectorSettings) -> Store:
 class Parts:
     sink: Sink
     store: Store
-    processor: LocalProcessor | None = None
+    processor: LocalProcessor | ChildProcessor | None = None
     planner: Planner | None = None  # plans and dynamic queues (plans.db)
     consumer: ConsumerThread | None = None  # the Kafka processor of `serve` in Kafka mode
     started: bool = False
@@ -86,15 +87,26 @@ class Parts:
             self._start_kafka(settings, metrics, self.sink)
         await self.sink.start()
         if isinstance(self.sink, LocalLogSink):
-            self.processor = LocalProcessor(
-                self.sink.log,
-                self.store,
-                batch_records=settings.processor_batch,
-                linger=settings.processor_linger,
-                on_applied=metrics.on_applied,
-            )
+            if settings.processor_process and isinstance(self.store, SqliteStore):
+                self.processor = ChildProcessor(  # its own process: ingest keeps a core
+                    self.sink.log,
+                    self.store.path,
+                    batch_records=settings.processor_batch,
+                    linger=settings.processor_linger,
+                    on_applied=metrics.on_applied,
+                )
+            else:
+                self.processor = LocalProcessor(
+                    self.sink.log,
+                    self.store,
+                    batch_records=settings.processor_batch,
+                    linger=settings.processor_linger,
+                    on_applied=metrics.on_applied,
+                )
             await run_in_threadpool(self.processor.start)
-            self.sink.subscribe(self.processor.on_commit)
+            self.sink.subscribe(
+                self.processor.on_commit, records=isinstance(self.processor, LocalProcessor)
+            )
             metrics.watch_lag(lambda: self.processor.lag if self.processor else 0)
         self.started = True
 
@@ -213,12 +225,21 @@ class Collector:
             ingest.check_content_type(headers.get("content-type"))
             gzipped = ingest.is_gzip(headers.get("content-encoding"))
             body = await self._read_body(request)
+            sink = self.parts.sink
+            # the local log without an in-process processor stores checked bodies as they are
+            bodies = isinstance(sink, LocalLogSink) and sink.takes_bodies
             if len(body) > INLINE_BODY:
-                batch = await run_in_threadpool(self._decode, body, gzipped)
+                batch = await run_in_threadpool(self._decode, body, gzipped, bodies)
             else:
-                batch = self._decode(body, gzipped)
-            if batch.results:
-                await self.parts.sink.publish(records_of(tenant, batch))
+                batch = self._decode(body, gzipped, bodies)
+            if isinstance(batch, ingest.Checked):
+                accepted = batch.count
+                if accepted and isinstance(sink, LocalLogSink):
+                    await sink.publish_body(tenant, batch.run, batch.body)
+            else:
+                accepted = len(batch.results)
+                if accepted:
+                    await sink.publish(records_of(tenant, batch))
         except RequestError as exc:
             self.metrics.batches_rejected.labels(exc.code).inc()
             if isinstance(exc, IngestError) and exc.results:
@@ -232,12 +253,11 @@ class Collector:
                 503,
                 {"Retry-After": str(retry)},
             )
-        accepted = len(batch.results)
         self.metrics.results_accepted.inc(accepted)
         self.metrics.batch_size.observe(accepted)
         return json_response({"accepted": accepted}, 202)
 
-    def _decode(self, body: bytes, gzipped: bool) -> Batch:
+    def _decode(self, body: bytes, gzipped: bool, bodies: bool = False) -> Batch | ingest.Checked:
         limits = self.limits
         if gzipped:
             body = ingest.gunzip(body, limits.max_decompressed_bytes)
@@ -245,6 +265,8 @@ class Collector:
         results = obj.get("results") if type(obj) is dict else None
         count = len(results) if type(results) is list else None
         try:
+            if bodies:
+                return ingest.check_batch(obj, body, limits)
             return ingest.validate_batch(obj, limits)
         except IngestError as exc:
             exc.results = count

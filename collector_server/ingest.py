@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from typing import Any, Final, NoReturn, cast
+from typing import Any, Final, NoReturn
 
 import orjson
 
@@ -20,10 +20,9 @@ from collector_server.settings import CollectorSettings
 from pytest_testengine.model import (
     OUTCOMES,
     PHASES,
+    RESULT_FIELDS,
     SCHEMA_VERSION,
     Batch,
-    Outcome,
-    Phase,
     Result,
     RunInfo,
 )
@@ -33,6 +32,8 @@ MAX_ATTEMPT: Final = 10_000
 MAX_SHARDS: Final = 1_000_000
 MAX_SECONDS: Final = 1e12  # a duration or an epoch timestamp; far beyond any real value
 GZIP_WBITS: Final = 16 + zlib.MAX_WBITS
+_RESULT_KEYS: Final = frozenset(RESULT_FIELDS)
+_RESULT_WIDTH: Final = len(RESULT_FIELDS)
 
 _RUN_OPTIONAL_TEXT: Final = (
     "build_id",
@@ -382,71 +383,76 @@ def _tags_ok(tags: dict[str, Any], limits: Limits) -> bool:
     return True
 
 
+def _result_ok(obj: dict[str, Any], limits: Limits) -> bool:
+    """The checks of one result, for the common, valid case (no objects built)."""
+    g = obj.get
+    lim = limits.max_string
+    id_, nodeid, file, name = g("id"), g("nodeid"), g("file", ""), g("name", "")
+    outcome, line, scope, params = g("outcome"), g("line"), g("scope", ""), g("params")
+    when, message, worker, attempt = g("when"), g("message"), g("worker"), g("attempt", 1)
+    setup, call, teardown = g("setup", 0.0), g("call", 0.0), g("teardown", 0.0)
+    duration, start, stop, tags = g("duration", 0.0), g("start", 0.0), g("stop", 0.0), g("tags")
+    return (
+        type(id_) is str
+        and 0 < len(id_) <= limits.max_id
+        and type(nodeid) is str
+        and 0 < len(nodeid) <= lim
+        and type(file) is str
+        and len(file) <= lim
+        and type(name) is str
+        and len(name) <= lim
+        and type(outcome) is str
+        and outcome in OUTCOMES
+        and (line is None or (type(line) is int and 0 <= line <= MAX_LINE))
+        and type(scope) is str
+        and len(scope) <= lim
+        and (params is None or (type(params) is str and len(params) <= lim))
+        and (when is None or (type(when) is str and when in PHASES))
+        and type(setup) is float
+        and 0.0 <= setup <= MAX_SECONDS
+        and type(call) is float
+        and 0.0 <= call <= MAX_SECONDS
+        and type(teardown) is float
+        and 0.0 <= teardown <= MAX_SECONDS
+        and type(duration) is float
+        and 0.0 <= duration <= MAX_SECONDS
+        and type(start) is float
+        and 0.0 <= start <= MAX_SECONDS
+        and type(stop) is float
+        and 0.0 <= stop <= MAX_SECONDS
+        and (message is None or (type(message) is str and len(message) <= limits.max_message))
+        and (worker is None or (type(worker) is str and len(worker) <= lim))
+        and type(attempt) is int
+        and 1 <= attempt <= MAX_ATTEMPT
+        and (tags is None or (type(tags) is dict and (not tags or _tags_ok(tags, limits))))
+    )
+
+
 def validate_result(obj: Any, where: str, limits: Limits) -> Result:
     """One result; a fast path for the common, valid case, then the checks that explain."""
-    if type(obj) is dict:
+    if type(obj) is dict and _result_ok(obj, limits):
         g = obj.get
-        id_, nodeid, file, name = g("id"), g("nodeid"), g("file", ""), g("name", "")
-        outcome, line, scope, params = g("outcome"), g("line"), g("scope", ""), g("params")
-        when, message, worker, attempt = g("when"), g("message"), g("worker"), g("attempt", 1)
-        setup, call, teardown = g("setup", 0.0), g("call", 0.0), g("teardown", 0.0)
-        duration, start, stop, tags = g("duration", 0.0), g("start", 0.0), g("stop", 0.0), g("tags")
-        lim = limits.max_string
-        if (
-            type(id_) is str
-            and 0 < len(id_) <= limits.max_id
-            and type(nodeid) is str
-            and 0 < len(nodeid) <= lim
-            and type(file) is str
-            and len(file) <= lim
-            and type(name) is str
-            and len(name) <= lim
-            and type(outcome) is str
-            and outcome in OUTCOMES
-            and (line is None or (type(line) is int and 0 <= line <= MAX_LINE))
-            and type(scope) is str
-            and len(scope) <= lim
-            and (params is None or (type(params) is str and len(params) <= lim))
-            and (when is None or (type(when) is str and when in PHASES))
-            and type(setup) is float
-            and 0.0 <= setup <= MAX_SECONDS
-            and type(call) is float
-            and 0.0 <= call <= MAX_SECONDS
-            and type(teardown) is float
-            and 0.0 <= teardown <= MAX_SECONDS
-            and type(duration) is float
-            and 0.0 <= duration <= MAX_SECONDS
-            and type(start) is float
-            and 0.0 <= start <= MAX_SECONDS
-            and type(stop) is float
-            and 0.0 <= stop <= MAX_SECONDS
-            and (message is None or (type(message) is str and len(message) <= limits.max_message))
-            and (worker is None or (type(worker) is str and len(worker) <= lim))
-            and type(attempt) is int
-            and 1 <= attempt <= MAX_ATTEMPT
-            and (tags is None or (type(tags) is dict and (not tags or _tags_ok(tags, limits))))
-        ):
-            return Result(
-                id=id_,
-                nodeid=nodeid,
-                file=file,
-                name=name,
-                outcome=cast(Outcome, outcome),
-                line=line,
-                scope=scope,
-                params=params,
-                when=cast("Phase | None", when),
-                setup=setup,
-                call=call,
-                teardown=teardown,
-                duration=duration,
-                start=start,
-                stop=stop,
-                message=message,
-                worker=worker,
-                attempt=attempt,
-                tags=tags or {},
-            )
+        return Result(
+            id=obj["id"],
+            nodeid=obj["nodeid"],
+            file=g("file", ""),
+            name=g("name", ""),
+            outcome=obj["outcome"],
+            line=g("line"),
+            scope=g("scope", ""),
+            params=g("params"),
+            when=g("when"),
+            setup=g("setup", 0.0),
+            call=g("call", 0.0),
+            teardown=g("teardown", 0.0),
+            duration=g("duration", 0.0),
+            start=g("start", 0.0),
+            stop=g("stop", 0.0),
+            message=g("message"),
+            worker=g("worker"),
+            attempt=g("attempt", 1),
+            tags=g("tags") or {},
+        )
     return _validate_result_slowly(obj, where, limits)
 
 
@@ -478,7 +484,49 @@ def _validate_result_slowly(obj: Any, where: str, limits: Limits) -> Result:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """A batch whose results all passed the checks exactly as sent: every field of the wire
+    format present, nothing else, tags an object.  The run is validated; the results stay
+    in ``body`` (the decoded JSON text), which a sink may store as it is."""
+
+    run: RunInfo
+    body: bytes
+    count: int
+
+
+def check_batch(obj: Any, body: bytes, limits: Limits) -> Batch | Checked:
+    """Like :func:`validate_batch`, without building a Result per result when every result
+    is exactly what the plugin sends (then a :class:`Checked`); any other valid batch comes
+    back as a :class:`Batch`, an invalid one raises as validate_batch does."""
+    results = _batch_results(obj, limits)
+    ok = _result_ok
+    for r in results:
+        if not (
+            type(r) is dict
+            and len(r) == _RESULT_WIDTH
+            and r.keys() == _RESULT_KEYS
+            and type(r["tags"]) is dict
+            and ok(r, limits)
+        ):
+            return _validated(obj, results, limits)
+    return Checked(validate_run(obj.get("run"), limits), body, len(results))
+
+
 def validate_batch(obj: Any, limits: Limits) -> Batch:
+    return _validated(obj, _batch_results(obj, limits), limits)
+
+
+def _validated(obj: dict[str, Any], results: list[Any], limits: Limits) -> Batch:
+    run = validate_run(obj.get("run"), limits)
+    return Batch(
+        run=run,
+        results=[validate_result(r, f"results[{i}]", limits) for i, r in enumerate(results)],
+    )
+
+
+def _batch_results(obj: Any, limits: Limits) -> list[Any]:
+    """The results array of a batch object, its schema, type and length checked."""
     if type(obj) is not dict:
         raise IngestError(
             422,
@@ -510,8 +558,4 @@ def validate_batch(obj: Any, limits: Limits) -> Batch:
             f"{limits.max_results}; send smaller batches (TESTENGINE_BATCH_SIZE)",
             "results",
         )
-    run = validate_run(obj.get("run"), limits)
-    return Batch(
-        run=run,
-        results=[validate_result(r, f"results[{i}]", limits) for i, r in enumerate(results)],
-    )
+    return results

@@ -64,6 +64,7 @@ class LocalProcessor:
         self._stopping = threading.Event()
         self._progress = threading.Condition()
         self._thread: threading.Thread | None = None
+        self._drain = True
 
     def start(self) -> None:
         self.offset = self.store.offsets().get(self.source, 0)
@@ -79,6 +80,7 @@ class LocalProcessor:
             self.offset = 0
         self.log.mark_consumed(self.offset)
         self._stopping.clear()
+        self._drain = True
         self._thread = threading.Thread(target=self._run, name="testengine-processor")
         self._thread.start()
 
@@ -109,8 +111,10 @@ class LocalProcessor:
                 records.extend(batch)
         return (records, last) if last > self.offset else None
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Stop after applying what the log holds (for up to DRAIN_TIME seconds)."""
+    def stop(self, timeout: float = 30.0, *, drain: bool = True) -> None:
+        """Stop after applying what the log holds (for up to DRAIN_TIME seconds; at once,
+        after the transaction in progress, without ``drain``)."""
+        self._drain = drain
         self._stopping.set()
         self._wake.set()
         if self._thread is not None:
@@ -157,10 +161,17 @@ class LocalProcessor:
             self.on_applied(len(records), new)
         return applied
 
+    def _behind(self) -> bool:
+        """More is written than we hold in memory: no point waiting for more (lingering
+        would only slow the catch-up)."""
+        with self._handoff_lock:
+            held = self._handoff[-1][0] if self._handoff else self.offset
+        return self.log.last_offset > held
+
     def _read_log(self) -> tuple[list[Record], int]:
         records: list[Record] = []
         last = self.offset
-        for offset, data in self.log.read(self.offset, READ_ENTRIES):
+        for offset, data in self.log.iter_from(self.offset, READ_ENTRIES):
             try:
                 records.extend(decode_entry(data))
             except (ValueError, KeyError, TypeError) as exc:
@@ -172,6 +183,8 @@ class LocalProcessor:
 
     def _run(self) -> None:
         self._loop()
+        if not self._drain:
+            return
         deadline = time.monotonic() + DRAIN_TIME  # stopping: apply what is left, bounded
         try:
             while time.monotonic() < deadline and self.step():
@@ -182,7 +195,7 @@ class LocalProcessor:
     def _loop(self) -> None:
         while not self._stopping.is_set():
             self._wake.clear()
-            if self.linger and self._handoff_records < self.batch_records:
+            if self.linger and self._handoff_records < self.batch_records and not self._behind():
                 self._stopping.wait(self.linger)  # gather more into one transaction
             try:
                 applied = self.step()

@@ -207,6 +207,12 @@ class CollectorSettings:
         "most records the processor writes to the store in one transaction",
         parse=parse_positive_int,
     )
+    processor_process: bool = option(
+        True,
+        "run the embedded processor in a child process, so ingest and processing use two "
+        "cores (false: a thread of the collector process)",
+        parse=parse_bool,
+    )
     # test splitting (POST /v1/plans)
     max_plan_tests: int = option(
         200_000, "most test ids in one plan request", parse=parse_positive_int

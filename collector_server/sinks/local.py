@@ -2,7 +2,9 @@
 
 The log is one table of entries ``(offset, data)``; one entry holds the records of one
 publish, encoded as ``{"v": 1, "groups": [{"tenant": ..., "run": {...}, "results": [...]}]}``
-(records of one batch share their tenant and run, so the run is written once).  The database
+(records of one batch share their tenant and run, so the run is written once), or, for a batch
+that passed ``ingest.check_batch`` unchanged, as ``{"v": 2, "tenant": ..., "run": {...},
+"batch": <the request body as sent>}`` (no re-encoding on the ingest path).  The database
 runs in WAL mode with ``synchronous=FULL``: a commit returns once the WAL is fsynced.
 
 One writer thread owns the writes.  Publishes queue their entry and wait; the writer takes
@@ -27,14 +29,24 @@ from typing import Any, Final
 import orjson
 
 from collector_server.sinks import SinkUnavailable
-from pytest_testengine.model import Record, result_from_dict, run_from_dict
+from pytest_testengine.model import (
+    RESULT_FIELDS,
+    Record,
+    Result,
+    RunInfo,
+    result_from_dict,
+    run_from_dict,
+    run_to_dict,
+)
 
 log = logging.getLogger("testengine.collector.sink")
 
 ENTRY_VERSION: Final = 1
+BODY_ENTRY_VERSION: Final = 2
 LOG_FILE: Final = "log.db"
 TRUNCATE_EVERY: Final = 256  # entries consumed before the writer deletes them
 MAX_GROUP: Final = 512  # entries committed together at most
+_RESULT_WIDTH: Final = len(RESULT_FIELDS)
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS log (
@@ -64,16 +76,40 @@ def encode_entry(records: Sequence[Record]) -> bytes:
     return orjson.dumps({"v": ENTRY_VERSION, "groups": groups}, default=_default)
 
 
+def encode_body_entry(tenant: str, run: RunInfo, body: bytes) -> bytes:
+    """An entry that keeps a checked batch body as it is: ``{"v": 2, "tenant": ..., "run":
+    {...validated run...}, "batch": <the body>}`` (the body's own run is not used)."""
+    return b'{"v":%d,"tenant":%s,"run":%s,"batch":%s}' % (
+        BODY_ENTRY_VERSION,
+        orjson.dumps(tenant),
+        orjson.dumps(run_to_dict(run), default=_default),
+        body,
+    )
+
+
 def decode_entry(data: bytes) -> list[Record]:
     """Records of one log entry; raises ValueError/KeyError/TypeError if it is malformed."""
     obj = orjson.loads(data)
-    if obj.get("v") != ENTRY_VERSION:
-        raise ValueError(f"unknown log entry version {obj.get('v')!r}")
+    version = obj.get("v")
+    if version == BODY_ENTRY_VERSION:
+        groups = [{"tenant": obj["tenant"], "run": obj["run"], "results": obj["batch"]["results"]}]
+    elif version == ENTRY_VERSION:
+        groups = obj["groups"]
+    else:
+        raise ValueError(f"unknown log entry version {version!r}")
     records: list[Record] = []
-    for group in obj["groups"]:
+    for group in groups:
         tenant = str(group["tenant"])
         run = run_from_dict(group["run"])
-        records.extend(Record(tenant, run, result_from_dict(r)) for r in group["results"])
+        append = records.append
+        for r in group["results"]:
+            # entries written by encode_entry hold exactly the fields of Result: build it
+            # directly (half the cost); anything else goes through result_from_dict
+            try:
+                result = Result(**r) if len(r) == _RESULT_WIDTH else result_from_dict(r)
+            except TypeError:
+                result = result_from_dict(r)
+            append(Record(tenant, run, result))
     return records
 
 
@@ -136,6 +172,23 @@ class LocalLog:
             ).fetchall()
         return [(int(o), bytes(d)) for o, d in rows]
 
+    def iter_from(self, after: int, limit: int) -> Iterator[tuple[int, bytes]]:
+        """Entries with offset > ``after``, oldest first, at most ``limit``, read one at a time
+        (a caller that stops early reads no more than it used)."""
+        with self._read_lock:
+            conn = self._reader
+            if conn is None:
+                raise sqlite3.ProgrammingError(f"{self.path} is not open")
+            cursor = conn.execute(
+                "SELECT offset, data FROM log WHERE offset > ? ORDER BY offset LIMIT ?",
+                (after, limit),
+            )
+            try:
+                for offset, data in cursor:
+                    yield int(offset), bytes(data)
+            finally:
+                cursor.close()
+
     def mark_consumed(self, offset: int) -> None:
         """Entries up to ``offset`` are safely elsewhere and may be deleted."""
         self._consumed = max(self._consumed, offset)
@@ -172,14 +225,27 @@ class LocalLogSink:
         self._queue: queue.SimpleQueue[_Waiter | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._subscribers: list[CommitCallback] = []
+        self._need_records = False
         self._error: str | None = None
         self._closed = False
 
-    def subscribe(self, callback: CommitCallback) -> None:
+    def subscribe(self, callback: CommitCallback, *, records: bool = True) -> None:
         """Call ``callback(first_offset, records_per_entry)`` in the writer thread after every
         commit (the records are durable by then; the in-process processor applies them without
-        reading them back)."""
+        reading them back).  A subscriber that reads the log itself passes ``records=False``:
+        its callback may get empty sequences, and batches may be published as bodies."""
         self._subscribers.append(callback)
+        self._need_records = self._need_records or records
+
+    @property
+    def takes_bodies(self) -> bool:
+        """Whether :meth:`publish_body` may be used (no subscriber needs Record objects)."""
+        return not self._need_records
+
+    async def publish_body(self, tenant: str, run: RunInfo, body: bytes) -> None:
+        """Publish a batch checked by ``ingest.check_batch``: its JSON body is the entry's
+        payload as it is (no Record objects; see :attr:`takes_bodies`)."""
+        await self._put(encode_body_entry(tenant, run, body), ())
 
     async def start(self) -> None:
         await asyncio.to_thread(self.log.open)
@@ -189,11 +255,14 @@ class LocalLogSink:
     async def publish(self, records: Sequence[Record]) -> None:
         if not records:
             return
+        await self._put(encode_entry(records), records)
+
+    async def _put(self, entry: bytes, records: Sequence[Record]) -> None:
         if self._thread is None or self._closed:
             raise SinkUnavailable("[testengine] the local log is not open")
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
-        self._queue.put((encode_entry(records), records, done, loop))
+        self._queue.put((entry, records, done, loop))
         await done
 
     async def close(self) -> None:

@@ -1,0 +1,156 @@
+"""Plugin overhead: wall time of a pytest run with each results tool, against plain pytest.
+
+Run from the repository root::
+
+    python benchmarks/plugin_overhead.py            # 5,000 and 20,000 tests, also with -n 2
+    python benchmarks/plugin_overhead.py --quick    # tiny sizes (a smoke run)
+
+Generated suites of trivial tests in 200 files (half plain functions, half one parametrized
+function per file; 1% fail, 2% skipped).  Candidates, run alternately round after round after a
+warm-up round, every one with the same base flags (``-q -p no:cacheprovider``):
+
+- plain pytest (every results plugin installed here turned off: ``-p no:...``);
+- ``--testengine``, sending to a running ``testengine-collector serve`` (embedded default) on a
+  free loopback port with a temporary data directory;
+- ``--testengine-output FILE`` (JSON lines, no collector);
+- ``--junitxml FILE``;
+- pytest-reportlog ``--report-log FILE``;
+- buildkite-test-collector, uploading to a loopback HTTP server of this script's own
+  (``BUILDKITE_ANALYTICS_API_URL``, ``BUILDKITE_ANALYTICS_TOKEN``).
+
+With ``-n 2`` (pytest-xdist) the same comparison runs for plain pytest and ``--testengine``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import harness
+
+#: The results plugins installed in the bench environment; each candidate turns off the others.
+OTHERS = {
+    "testengine": ("-p", "no:testengine"),
+    "buildkite": ("-p", "no:buildkite-test-collector"),
+}
+
+
+def candidates(
+    suite: Path, out: Path, collector_url: str, sink_url: str, xdist: bool
+) -> dict[str, Callable[[], float]]:
+    env = harness.bench_env()
+    bk_env = harness.bench_env(
+        BUILDKITE_ANALYTICS_TOKEN="bench-token", BUILDKITE_ANALYTICS_API_URL=sink_url
+    )
+    te_env = harness.bench_env(TESTENGINE_URL=collector_url)
+    par = ("-n", "2") if xdist else ()
+
+    def run(args: tuple[str, ...], environ: dict[str, str]) -> Callable[[], float]:
+        cmd = harness.pytest_cmd(*par, *args)
+
+        def once() -> float:
+            got = harness.run_measured(cmd, cwd=suite, env=environ)
+            if got.status not in (0, 1):
+                raise RuntimeError(f"{' '.join(cmd)} exited with {got.status}")
+            return got.wall
+
+        return once
+
+    no_bk, no_te = OTHERS["buildkite"], OTHERS["testengine"]
+    found = {
+        "plain pytest": run((*no_bk, *no_te), env),
+        "--testengine (collector)": run((*no_bk, "--testengine"), te_env),
+    }
+    if xdist:
+        return found
+    found.update(
+        {
+            "--testengine-output file": run(
+                (*no_bk, "--testengine-output", str(out / "te.jsonl")), env
+            ),
+            "--junitxml": run((*no_bk, *no_te, "--junitxml", str(out / "junit.xml")), env),
+            "pytest-reportlog": run(
+                (*no_bk, *no_te, "--report-log", str(out / "report.jsonl")), env
+            ),
+            "buildkite-test-collector": run(no_te, bk_env),
+        }
+    )
+    return found
+
+
+def measure(
+    sizes: tuple[int, ...], rounds: int, xdist_sizes: tuple[int, ...], warmup: int = 1
+) -> str:
+    sections: list[str] = []
+    counts: dict[int, int] = {}
+    with (
+        harness.workdir("overhead") as tmp,
+        harness.UploadSink() as sink,
+        harness.Collector(tmp / "collector") as collector,
+    ):
+        for xdist in (False, True):
+            for size in xdist_sizes if xdist else sizes:
+                suite = tmp / f"suite-{size}"
+                if size not in counts:
+                    counts[size] = harness.write_suite(suite, size)
+                out = tmp / "out"
+                out.mkdir(exist_ok=True)
+                found = harness.alternate(
+                    candidates(suite, out, collector.url, sink.url, xdist),
+                    rounds=rounds,
+                    warmup=warmup,
+                    progress=harness.log,
+                )
+                sections.append(render(found, counts[size], xdist))
+    return "\n\n".join(sections)
+
+
+def render(found: harness.Alternated, tests: int, xdist: bool) -> str:
+    base = "plain pytest"
+    rows = []
+    for name in found.names:
+        wall = found.spread(name)
+        if name == base:
+            rows.append((name, wall.fmt(" s"), "-", "-"))
+            continue
+        ratio = found.ratio(name, base)
+        extra = [a - b for a, b in zip(found.values[name], found.values[base], strict=True)]
+        per_test = harness.Spread.of([e / tests * 1e6 for e in extra])
+        rows.append(
+            (
+                name,
+                wall.fmt(" s"),
+                f"{(ratio.median - 1) * 100:+.1f}% ({(ratio.low - 1) * 100:+.1f} to "
+                f"{(ratio.high - 1) * 100:+.1f})",
+                per_test.fmt("", 0),
+            )
+        )
+    title = (
+        f"### Plugin overhead, {tests:,} tests in 200 files"
+        + (", pytest-xdist -n 2" if xdist else "")
+        + f" (median (min-max) of {len(found.values[base])} alternated rounds)\n\n"
+    )
+    return title + harness.table(
+        ["candidate", "wall time", "overhead vs plain", "µs per test"], rows, "lrrr"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run)")
+    parser.add_argument("--rounds", type=int, default=None, help="measured rounds")
+    parser.add_argument("--sizes", type=int, nargs="*", default=None, help="suite sizes")
+    args = parser.parse_args(argv)
+    sizes = tuple(args.sizes or ((200,) if args.quick else (5000, 20000)))
+    rounds = args.rounds or (1 if args.quick else 5)
+    xdist_sizes = sizes[-1:]
+    print(measure(sizes, rounds, xdist_sizes, warmup=0 if args.quick else 1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

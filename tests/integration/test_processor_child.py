@@ -1,0 +1,65 @@
+"""The embedded processor's child process: it follows the collector, in life and in death."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from tests.collector.batches import batch
+from tests.support.collector import CollectorProcess
+
+EXIT_TIMEOUT = 15.0  # seconds for an orphaned processor to notice and exit
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is gone for our purpose (its parent was killed; init reaps it)
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive(pid):
+            return True
+        time.sleep(0.05)  # polling a condition with a deadline
+    return not alive(pid)
+
+
+def processor_pid(collector: CollectorProcess) -> int:
+    body = collector.get("/readyz").json()
+    assert body["processor"]["running"] is True, body
+    pid = body["processor"]["pid"]
+    assert isinstance(pid, int)
+    assert pid != collector.proc.pid if collector.proc else True
+    return pid
+
+
+def test_processor_runs_in_its_own_process_and_exits_with_a_killed_collector(
+    collector: CollectorProcess,
+) -> None:
+    pid = processor_pid(collector)
+    assert alive(pid)
+    assert collector.post_batch(batch(10, suite="child")).status_code == 202
+    collector.wait_for_results(10, suite="child")
+    collector.kill()  # kill -9: the child sees its stdin close and exits
+    assert wait_gone(pid, EXIT_TIMEOUT), f"processor {pid} outlived its collector"
+    collector.start()  # the next collector starts its own processor and reads the same store
+    assert len(collector.results("child")) == 10
+    assert processor_pid(collector) != pid
+
+
+def test_graceful_stop_stops_the_processor(collector: CollectorProcess) -> None:
+    pid = processor_pid(collector)
+    assert collector.post_batch(batch(5, suite="stop")).status_code == 202
+    collector.stop()
+    assert wait_gone(pid, EXIT_TIMEOUT)
+    collector.start()
+    assert len(collector.wait_for_results(5, suite="stop")) == 5
