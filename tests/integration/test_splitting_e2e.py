@@ -13,10 +13,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 
-from tests.plugin.helpers import POLL, stored
+from tests.plugin.helpers import POLL, output_file, stored
 from tests.support.collector import CollectorFactory, CollectorProcess, collector_env, free_port
 
 FILES = 20
@@ -117,12 +116,7 @@ def run_shards(
     ]
     with processes(commands, root) as procs:
         finish(procs)
-    return [read_output(output) for output in outputs]
-
-
-def read_output(path: Path) -> tuple[dict[str, Any], list[str]]:
-    lines = [orjson.loads(line) for line in path.read_bytes().splitlines()]
-    return lines[0]["run"], [line["result"]["nodeid"] for line in lines[1:]]
+    return [output_file(output) for output in outputs]
 
 
 def assert_exact_union(ran: Sequence[list[str]], expected: set[str]) -> None:
@@ -150,7 +144,7 @@ def recorded(suite: Path, collector_factory: CollectorFactory) -> tuple[Collecto
     output = suite / "unsplit.jsonl"
     with processes([pytest_command(collector.url, "unsplit", output=output)], suite) as procs:
         finish(procs)
-    _, ids = read_output(output)
+    _, ids = output_file(output)
     assert len(ids) == TESTS
     stored(collector, TESTS, SUITE)  # the processor has the durations
     return collector, set(ids)

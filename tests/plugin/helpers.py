@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import httpcore  # noqa: F401  (see below)
 import httpx
+import orjson
 import pytest
 
 from tests.support.collector import CollectorProcess
@@ -60,3 +62,9 @@ def by_nodeid(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def summary_lines(output: list[str]) -> list[str]:
     return [line for line in output if line.startswith("[testengine]")]
+
+
+def output_file(path: Path) -> tuple[dict[str, Any], list[str]]:
+    """The run context and the node ids of a ``--testengine-output`` file."""
+    lines = [orjson.loads(line) for line in path.read_bytes().splitlines()]
+    return lines[0]["run"], [line["result"]["nodeid"] for line in lines[1:]]

@@ -5,13 +5,11 @@ and the plan id each shard reports with its results."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
 
-from tests.plugin.helpers import clean_env, stored, summary_lines
+from tests.plugin.helpers import clean_env, output_file, stored, summary_lines
 from tests.support.collector import CollectorProcess, free_port
 
 SUITE = {
@@ -61,12 +59,6 @@ def write_suite(pytester: pytest.Pytester) -> None:
 def error_line(run: pytest.RunResult) -> str:
     """The usage error pytest printed (other plugins may warn on stderr before it)."""
     return next(line for line in run.errlines if line.startswith("ERROR:"))
-
-
-def output_of(path: Path) -> tuple[dict[str, Any], list[str]]:
-    """The run context and the node ids of a ``--testengine-output`` file."""
-    lines = [orjson.loads(line) for line in path.read_bytes().splitlines()]
-    return lines[0]["run"], [line["result"]["nodeid"] for line in lines[1:]]
 
 
 def all_ids(pytester: pytest.Pytester) -> list[str]:
@@ -186,7 +178,7 @@ def test_collector_down_every_shard_computes_the_same_local_plan(
             f"which every shard computes alike from the collected tests and {durations}; "
             "see docs/troubleshooting.md#no-split-plan"
         )
-        run_info, ids = output_of(pytester.path / output)
+        run_info, ids = output_file(pytester.path / output)
         assert (run_info["plan_id"], run_info["shard_index"]) == (plan_id.group(1), index)
         assert line.endswith(f"(plan {plan_id.group(1)[:14]}…)")
         plan_ids.add(plan_id.group(1))
