@@ -11,7 +11,7 @@ process was reaped.  Candidates, run alternately: plain pytest (pytest's own end
 summary, teardown, interpreter exit), ``--testengine`` with a healthy collector, with an
 unreachable one (a loopback port nobody listens on: connection refused) and with a hung one
 (a loopback socket that accepts connections and never answers).  The default flush deadline
-(5 s) bounds the last two: the rest goes to the spool.
+(5 s; 1 s with ``--quick``) bounds the last two: the rest goes to the spool.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ NO_OTHERS = ("-p", "no:buildkite-test-collector")
 DEADLINE = 5.0  # the plugin's default flush deadline
 
 
-def measure(size: int, rounds: int, warmup: int) -> str:
+def measure(size: int, rounds: int, warmup: int, deadline: float = DEADLINE) -> str:
     with (
         harness.workdir("end") as tmp,
         harness.Collector(tmp / "collector") as collector,
@@ -62,6 +62,8 @@ def measure(size: int, rounds: int, warmup: int) -> str:
 
         def end(args: tuple[str, ...], url: str | None) -> Callable[[], float]:
             extra = {"BENCH_LAST_TEST_FILE": str(stamp)}
+            if deadline != DEADLINE:
+                extra["TESTENGINE_FLUSH_DEADLINE"] = str(deadline)
             if url is not None:
                 extra["TESTENGINE_URL"] = url
                 extra["TESTENGINE_SPOOL_DIR"] = str(tmp / "spool")
@@ -101,7 +103,7 @@ def measure(size: int, rounds: int, warmup: int) -> str:
         )
     title = (
         f"### End of run: last test finished to process exit, {tests:,} tests, flush deadline "
-        f"{DEADLINE:g} s (median (min-max) of {rounds} alternated rounds)\n\n"
+        f"{deadline:g} s (median (min-max) of {rounds} alternated rounds)\n\n"
     )
     return title + harness.table(["candidate", "last test to exit", "beyond plain pytest"], rows)
 
@@ -114,7 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     size = args.size or (200 if args.quick else 5000)
     rounds = args.rounds or (1 if args.quick else 5)
-    print(measure(size, rounds, warmup=0 if args.quick else 1))
+    if args.quick:  # a short flush deadline keeps the smoke run short
+        print(measure(size, rounds, warmup=0, deadline=1.0))
+    else:
+        print(measure(size, rounds, warmup=1))
     return 0
 
 

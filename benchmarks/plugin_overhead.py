@@ -24,6 +24,7 @@ With ``-n 2`` (pytest-xdist) the same comparison runs for plain pytest and ``--t
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -79,7 +80,18 @@ def candidates(
             "buildkite-test-collector": run(no_te, bk_env),
         }
     )
-    return found
+    return {name: once for name, once in found.items() if name not in missing()}
+
+
+#: Candidates that need a package of their own (the bench environment installs them).
+PACKAGES = {
+    "pytest-reportlog": "pytest_reportlog",
+    "buildkite-test-collector": "buildkite_test_collector",
+}
+
+
+def missing() -> list[str]:
+    return [name for name, module in PACKAGES.items() if importlib.util.find_spec(module) is None]
 
 
 def measure(
@@ -129,6 +141,8 @@ def render(found: harness.Alternated, tests: int, xdist: bool) -> str:
                 per_test.fmt("", 0),
             )
         )
+    if not xdist:
+        rows += [(name, f"not installed (pip install {name})", "-", "-") for name in missing()]
     title = (
         f"### Plugin overhead, {tests:,} tests in 200 files"
         + (", pytest-xdist -n 2" if xdist else "")
