@@ -284,3 +284,51 @@ def test_output_file_and_collector_get_the_same_results(
         f"[testengine] sent 9 results to {collector.url}; wrote 9 results to "
         f"{Path(pytester.path, 'results.jsonl')}"
     ]
+
+
+def test_reruns_are_recorded_as_attempts_with_their_own_ids(
+    pytester: pytest.Pytester, collector: CollectorProcess
+) -> None:
+    pytest.importorskip("pytest_rerunfailures")
+    pytester.makepyfile(
+        """
+        import itertools
+
+        calls = itertools.count()
+
+        def test_flaky():
+            assert next(calls) > 0, "fails the first time"
+
+        def test_steady():
+            pass
+        """
+    )
+    run = pytester.runpytest_subprocess("--testengine", "--reruns", "2", "-p", "no:cacheprovider")
+    assert run.parseoutcomes() == {"passed": 2, "rerun": 1}
+    results = stored(collector, 3)
+    flaky = sorted(
+        (r for r in results if r["nodeid"].endswith("::test_flaky")), key=lambda r: r["attempt"]
+    )
+    assert [(r["attempt"], r["outcome"]) for r in flaky] == [(1, "failed"), (2, "passed")]
+    assert "fails the first time" in flaky[0]["message"]
+    assert len({r["id"] for r in results}) == 3
+    (steady,) = (r for r in results if r["nodeid"].endswith("::test_steady"))
+    assert steady["attempt"] == 1
+
+
+def test_a_broken_tags_hook_becomes_an_error_tag_not_a_failure(
+    pytester: pytest.Pytester, collector: CollectorProcess
+) -> None:
+    pytester.makeconftest(
+        """
+        def pytest_testengine_tags(item):
+            raise RuntimeError("no tags today")
+        """
+    )
+    pytester.makepyfile("def test_one():\n    pass\n")
+    run = pytester.runpytest_subprocess("--testengine", "-p", "no:cacheprovider")
+    run.assert_outcomes(passed=1)
+    assert run.ret == pytest.ExitCode.OK
+    (result,) = stored(collector, 1)
+    assert result["outcome"] == "passed"
+    assert result["tags"] == {"testengine.error": "tags: RuntimeError: no tags today"}
