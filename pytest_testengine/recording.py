@@ -15,6 +15,7 @@ from __future__ import annotations
 import platform
 import shlex
 import sys
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -121,7 +122,7 @@ def run_info(settings: Settings, *, pytest_version: str) -> dict[str, Any]:
 
 
 def _plural(n: int) -> str:
-    return f"{n} result" if n == 1 else f"{n} results"
+    return f"{n} result" if n == 1 else f"{n:,} results"
 
 
 def summary_line(summary: Summary, tag_notes: list[str], tag_note_count: int) -> str:
@@ -168,6 +169,7 @@ class Recorder:
         self.shard: dict[str, Any] = {}
         self._started = False
         self._early: list[dict[str, Any]] = []  # collection results before the start
+        self._start_lock = threading.Lock()
 
     def set_shard(self, plan_id: str | None, index: int, total: int) -> None:
         """The split plan this session runs (called once the plan is known)."""
@@ -175,17 +177,18 @@ class Recorder:
         self._start_once()
 
     def _start_once(self) -> None:
-        if self._started:
-            return
-        self._started = True
-        try:
-            self.start()
-            for result in self._early:
-                if self.sender is not None:
-                    self.sender.submit(result)
-        except Exception as exc:
-            self._failed(exc)
-        self._early.clear()
+        with self._start_lock:  # with xdist the plan arrives on the handoff thread
+            if self._started:
+                return
+            try:
+                self.start()
+                for result in self._early:
+                    if self.sender is not None:
+                        self.sender.submit(result)
+            except Exception as exc:
+                self._failed(exc)
+            self._early.clear()
+            self._started = True
 
     def _path(self, value: str) -> Path:
         return self.config.invocation_params.dir / value
@@ -245,8 +248,11 @@ class Recorder:
         try:
             result = self.assembler.collect_report(report)
             if result is not None and not self._started:
-                self._early.append(result)
-            elif result is not None and self.sender is not None:
+                with self._start_lock:
+                    if not self._started:
+                        self._early.append(result)
+                        return
+            if result is not None and self.sender is not None:
                 self.sender.submit(result)
         except Exception as exc:
             self._failed(exc)

@@ -112,8 +112,8 @@ def split_spec(settings: Settings, *, xdist: bool = False) -> SplitSpec | None:
     sources = {settings.sources.get("split_index"), settings.sources.get("split_total")}
     if index is None and total is None:
         return None
-    if not settings.enabled and sources <= {"CI detection", "default"}:
-        return None  # the CI's parallel jobs split only with --testengine on
+    if sources <= {"CI detection", "default"} and (not settings.enabled or total == 1):
+        return None  # the CI's parallel jobs split only with --testengine on, and N > 1
     if total is None:
         raise ConfigError(
             f"{PREFIX} {setting_label(settings, 'split_index')} is {index} but the shard count "
@@ -528,6 +528,8 @@ class Sharder:
     ) -> None:
         if session.testsfailed and not config.option.continue_on_collection_errors:
             return  # pytest stops after collection errors: no plan for a broken collection
+        if self.spec.mode == "dynamic" and config.option.collectonly:
+            return  # nothing runs: no queue to make
         ids = list(dict.fromkeys(item.nodeid for item in items))
         if not ids:
             return  # nothing to split

@@ -142,6 +142,18 @@ BUILDKITE = {
         ),
         pytest.param(
             {"enabled": True},
+            {
+                "CIRCLECI": "true",
+                "CIRCLE_WORKFLOW_ID": "w",
+                "CIRCLE_NODE_INDEX": "0",
+                "CIRCLE_NODE_TOTAL": "1",
+            },
+            {},
+            None,
+            id="circleci-without-parallelism-no-split",
+        ),
+        pytest.param(
+            {"enabled": True},
             {"GITHUB_ACTIONS": "true", "GITHUB_RUN_ID": "9"},
             {},
             None,
