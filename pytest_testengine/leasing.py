@@ -191,12 +191,12 @@ class DynamicRun:
             following: Batch | None = None
             asked = False
             for position, item in enumerate(todo):
+                self.ran.add(item.nodeid)  # before a fallback computes what is left
                 if position + 1 < len(todo):
                     nextitem: pytest.Item | None = todo[position + 1]
                 else:  # lease the next chunk before the last test of this one
                     following, asked = self._take(session, wait=False), True
                     nextitem = self._first_new(following)
-                self.ran.add(item.nodeid)
                 item.ihook.pytest_runtest_protocol(item=item, nextitem=nextitem)
                 if session.shouldfail:
                     raise session.Failed(session.shouldfail)

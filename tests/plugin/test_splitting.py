@@ -9,6 +9,7 @@ import re
 import orjson
 import pytest
 
+from pytest_testengine.splitting import fallback_plan
 from tests.plugin.helpers import clean_env, output_file, stored, summary_lines
 from tests.support.collector import CollectorProcess, free_port
 
@@ -319,3 +320,46 @@ def test_splitting_without_testengine_plans_but_sends_no_results(
     assert line.startswith("[testengine] shard 1/2: 6 of 12 tests")
     build = collector.get(f"/v1/suites/default/builds/{BUILD}").json()
     assert (build["plans"][0]["asked_by"], build["shards_reported"]) == ([0], [])
+
+
+def test_dynamic_collector_dies_mid_run_the_shard_runs_the_rest_of_its_local_share(
+    pytester: pytest.Pytester, collector: CollectorProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert collector.proc is not None
+    monkeypatch.setenv("COLLECTOR_PID", str(collector.proc.pid))
+    pytester.makeconftest(
+        "import os, signal\n\n"
+        "def pytest_runtest_setup(item):\n"
+        "    pid = int(os.environ.pop('COLLECTOR_PID', '0'))\n"
+        "    if pid:  # the collector dies during the first test\n"
+        "        os.kill(pid, signal.SIGKILL)\n"
+    )
+    run = shard(
+        pytester,
+        collector.url,
+        0,
+        2,
+        "--split-mode",
+        "dynamic",
+        "--testengine-output",
+        "out.jsonl",
+    )
+    assert run.ret == pytest.ExitCode.OK
+    collector.kill()  # reap the process
+    run_info, ran = output_file(pytester.path / "out.jsonl")
+    assert len(ran) == len(set(ran))
+    plan, _ = fallback_plan(all_ids(pytester), 2)
+    share = set(plan.shards[0].test_ids)
+    assert share <= set(ran)
+    warning = next(line for line in summary_lines(run.outlines) if "fallback" in line)
+    assert warning.startswith(
+        "[testengine] no split plan from the collector: could not reach the collector at "
+        f"{collector.url} (connection refused); using the local fallback plan local-"
+    )
+    left = re.search(r"\((\d+) tests left for this shard\)$", warning)
+    assert left, warning
+    first_chunk = ran[: len(ran) - int(left.group(1))]
+    assert first_chunk  # ran before the collector died
+    assert set(ran[len(first_chunk) :]) == share - set(first_chunk)
+    assert run_info["plan_id"] is not None
+    assert not run_info["plan_id"].startswith("local-")  # the results belong to the dynamic plan

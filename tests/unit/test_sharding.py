@@ -4,6 +4,7 @@ in-test fake of the plan endpoints, the fallback decisions, dynamic runs, messag
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -577,6 +578,7 @@ def test_dynamic_collector_down_mid_run_runs_the_rest_of_the_local_share_never_t
     run.run(session, [session.item(t) for t in IDS])  # type: ignore[arg-type]
     ran = [nodeid for nodeid, _ in session.runs]
     assert len(ran) == len(set(ran))
+    assert [nxt for _, nxt in session.runs] == [*ran[1:], None]  # nextitem is what runs next
     first_chunk = set(fake.chunks[0])
     share = fallback_selection(spec(mode="dynamic"), IDS, "x", {}).keep or frozenset()
     assert set(ran) == first_chunk | share
@@ -638,3 +640,32 @@ def test_every_docs_anchor_named_in_a_message_exists() -> None:
             for heading in re.findall(r"^#+ (.+)$", text, flags=re.MULTILINE)
         }
         assert f'<a id="{anchor}"></a>' in text or anchor in slugs, f"{page}#{anchor}"
+
+
+def test_dynamic_heartbeat_renews_the_leases_of_a_long_chunk_and_stops_at_the_end() -> None:
+    fake = FakeCollector()
+    run = dynamic(fake)
+    run.lease_seconds = 0.3  # the heartbeat checks every 0.2 s and renews after 0.5 s
+    renewed = threading.Event()
+    original = fake.next
+
+    def watch(body: dict[str, Any]) -> dict[str, Any]:
+        if threading.current_thread() is not threading.main_thread() and body["holding"]:
+            renewed.set()
+        return original(body)
+
+    fake.next = watch  # type: ignore[method-assign]
+    session = FakeSession()
+    items = [session.item(t) for t in IDS]
+    first = items[0].ihook.pytest_runtest_protocol
+
+    def long_test(*, item: Any, nextitem: Any) -> None:
+        if not renewed.is_set():
+            assert renewed.wait(timeout=30), "no lease renewal while the test ran"
+        first(item=item, nextitem=nextitem)
+
+    items[0].ihook.pytest_runtest_protocol = long_test
+    run.run(session, items)  # type: ignore[arg-type]
+    assert sorted(n for n, _ in session.runs) == sorted(IDS)
+    assert run._beat is not None
+    assert not run._beat.is_alive()
