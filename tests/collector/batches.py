@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import zlib
 from typing import Any
 
 import orjson
@@ -44,3 +45,14 @@ def body(b: Batch) -> dict[str, Any]:
 def encode(obj: Any, *, compress: bool = False) -> bytes:
     data = orjson.dumps(obj, default=dict)
     return gzip.compress(data) if compress else data
+
+
+def gzip_bomb(size: int) -> bytes:
+    """A gzip stream of ``size`` zero bytes (about size/1000 bytes long), made in no time: one
+    compressed MiB after a full flush is self-contained, so it is repeated (no trailer: the
+    collector must stop long before the end)."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    mib = b"\0" * (1 << 20)
+    head = packer.compress(mib) + packer.flush(zlib.Z_FULL_FLUSH)
+    block = packer.compress(mib) + packer.flush(zlib.Z_FULL_FLUSH)
+    return head + block * ((size >> 20) - 1)

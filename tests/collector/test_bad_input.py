@@ -13,7 +13,7 @@ from starlette.applications import Starlette
 
 from collector_server.app import create_app
 from collector_server.settings import CollectorSettings
-from tests.collector.batches import GZIP_JSON, JSON, batch, body, encode
+from tests.collector.batches import GZIP_JSON, JSON, batch, body, encode, gzip_bomb
 from tests.collector.conftest import collector_of, serving
 
 pytestmark = pytest.mark.anyio
@@ -290,17 +290,6 @@ async def test_bad_body_or_headers(
     response = await client.post("/v1/results", content=content, headers=headers)
     await assert_error(response, status, code, field)
     await nothing_stored(app)
-
-
-def gzip_bomb(size: int) -> bytes:
-    """A gzip stream of ``size`` zero bytes (about size/1000 bytes long), made in no time: one
-    compressed MiB after a full flush is self-contained, so it is repeated (no trailer: the
-    collector must stop long before the end)."""
-    packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-    mib = b"\0" * (1 << 20)
-    head = packer.compress(mib) + packer.flush(zlib.Z_FULL_FLUSH)
-    block = packer.compress(mib) + packer.flush(zlib.Z_FULL_FLUSH)
-    return head + block * ((size >> 20) - 1)
 
 
 def test_gzip_bomb_helper_really_expands() -> None:

@@ -5,8 +5,13 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
+from typing import Any
 
-from tests.collector.batches import batch
+import httpx
+import pytest
+
+from tests.collector.batches import GZIP_JSON, JSON, batch, body, encode, gzip_bomb
 from tests.support.collector import CollectorFactory, CollectorProcess, collector_env, free_port
 
 
@@ -92,3 +97,88 @@ def test_one_collector_per_data_dir(collector: CollectorProcess) -> None:
         "directory: stop it or pass another --data-dir"
     )
     assert collector.get("/readyz").status_code == 200
+
+
+def _chunks(data: bytes, size: int = 64 << 10) -> Iterator[bytes]:
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+LIMIT = 400_000  # --max-body-bytes of the collector below: a 128 MiB gzip bomb fits in it
+BAD_BODIES = [
+    pytest.param(
+        lambda: gzip_bomb(128 << 20), GZIP_JSON, 413, "decompressed_too_large", id="gzip-bomb"
+    ),
+    pytest.param(
+        lambda: encode(body(batch(2000))), JSON, 413, "body_too_large", id="over-limit-length"
+    ),
+    pytest.param(
+        lambda: _chunks(encode(body(batch(2000)))),
+        JSON,
+        413,
+        "body_too_large",
+        id="over-limit-chunked",
+    ),
+    pytest.param(
+        lambda: b'{"schema": 1, "run": {"run_id": "\xff"}, "results": []}',
+        JSON,
+        400,
+        "invalid_utf8",
+        id="invalid-utf8",
+    ),
+    pytest.param(
+        lambda: encode(body(batch(1))),
+        {"Content-Type": "text/plain"},
+        415,
+        "unsupported_media_type",
+        id="wrong-content-type",
+    ),
+    pytest.param(lambda: b"{not json", JSON, 400, "invalid_json", id="malformed-json"),
+]
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CollectorProcess]:
+    """One real collector with a small body limit, shared by the bad-input cases."""
+    process = CollectorProcess(
+        tmp_path_factory.mktemp("limited") / "data", args=["--max-body-bytes", str(LIMIT)]
+    )
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.mark.parametrize(("make", "headers", "status", "code"), BAD_BODIES)
+def test_bad_input_to_the_real_server_is_a_4xx_and_the_server_carries_on(
+    limited: CollectorProcess,
+    make: Callable[[], Any],
+    headers: dict[str, str],
+    status: int,
+    code: str,
+) -> None:
+    with httpx.Client(timeout=30.0) as client:
+        response = client.post(limited.url + "/v1/results", content=make(), headers=headers)
+        assert response.status_code == status, response.text
+        assert response.headers["content-type"] == "application/json"
+        assert response.json()["error"]["code"] == code
+        assert client.get(limited.url + "/healthz").status_code == 200
+    suite = f"after-{status}-{len(limited.suites())}"  # a suite of its own per case
+    assert limited.post_batch(batch(3, suite=suite)).status_code == 202
+    assert len(limited.wait_for_results(3, suite=suite)) == 3
+    assert limited.running
+
+
+def test_lists_default_to_1000_items_with_a_cursor(collector: CollectorProcess) -> None:
+    for _ in range(3):
+        assert collector.post_batch(batch(500, suite="big"), gzipped=True).status_code == 202
+    collector.wait_for_results(1500, suite="big")
+    first = collector.get("/v1/suites/big/results").json()
+    assert len(first["items"]) == 1000
+    assert first["next_cursor"]
+    rest = collector.get("/v1/suites/big/results", cursor=first["next_cursor"]).json()
+    assert len(rest["items"]) == 500
+    assert rest["next_cursor"] is None
+    ids = [r["id"] for r in first["items"] + rest["items"]]
+    assert len(set(ids)) == 1500
