@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import orjson
 import pytest
 
 from tests.plugin.helpers import by_nodeid, clean_env, stored, summary_lines
@@ -168,6 +169,24 @@ def test_transient_errors_are_retried_and_everything_arrives_once(
     assert len(results) == TESTS
     if script[0].headers.get("Retry-After") == "1":
         assert requests[1].at - requests[0].at >= 0.9  # waited as told
+
+
+def test_a_rejected_batch_is_not_retried_and_is_counted_as_dropped(
+    pytester: pytest.Pytester,
+) -> None:
+    error = {"error": {"code": "invalid_field", "message": "bad outcome", "field": "outcome"}}
+    answer = Answer(422, {"Content-Type": "application/json"}, orjson.dumps(error))
+    with scripted_server([answer] * 5) as refusing:
+        without = run_without_plugin(pytester)
+        run = run_suite(pytester, refusing.url)
+        requests = list(refusing.requests)
+    assert run.ret == without.ret == pytest.ExitCode.TESTS_FAILED
+    assert len(requests) == 1  # a 4xx other than 408/429 is final: no retry
+    assert summary_lines(run.outlines) == [
+        f"[testengine] sent 0 results to {refusing.url}; the collector rejected the batch with "
+        f"422 (invalid_field: bad outcome (field outcome)); dropped {TESTS} results"
+    ]
+    assert spool_files(pytester) == []
 
 
 def test_a_hanging_collector_costs_at_most_the_deadline(

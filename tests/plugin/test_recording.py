@@ -332,3 +332,19 @@ def test_a_broken_tags_hook_becomes_an_error_tag_not_a_failure(
     (result,) = stored(collector, 1)
     assert result["outcome"] == "passed"
     assert result["tags"] == {"testengine.error": "tags: RuntimeError: no tags today"}
+
+
+def test_an_unwritable_output_file_is_reported_and_the_results_still_sent(
+    pytester: pytest.Pytester, collector: CollectorProcess
+) -> None:
+    pytester.makepyfile("def test_one():\n    pass\n")
+    out = pytester.mkdir("results.jsonl")  # a directory where the file should go
+    run = pytester.runpytest_subprocess(
+        "--testengine", "--testengine-output", str(out), "-p", "no:cacheprovider"
+    )
+    assert run.ret == pytest.ExitCode.OK
+    assert summary_lines(run.outlines) == [
+        f"[testengine] sent 1 result to {collector.url}; wrote 0 results to {out}; "
+        f"could not write {out} ([Errno 21] Is a directory: '{out}')"
+    ]
+    assert len(stored(collector, 1)) == 1
