@@ -40,6 +40,7 @@ from pytest_testengine.tags import (
 from pytest_testengine.transport import Transport
 
 PREFIX: Final = "[testengine]"
+DROPPED_HELP: Final = "docs/troubleshooting.md#results-were-dropped"
 
 
 def gather_tags(
@@ -141,7 +142,7 @@ def summary_line(summary: Summary, tag_notes: list[str], tag_note_count: int) ->
             f"spooled {_plural(summary.spooled)} to {summary.spool_dir}; send them with: {command}"
         )
     if summary.dropped:
-        parts.append(f"dropped {_plural(summary.dropped)}")
+        parts.append(f"dropped {_plural(summary.dropped)} (see {DROPPED_HELP})")
     if tag_note_count:
         tests = "1 test" if tag_note_count == 1 else f"{tag_note_count} tests"
         parts.append(f"tags left out for {tests} ({'; '.join(tag_notes)})")

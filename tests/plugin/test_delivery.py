@@ -184,7 +184,8 @@ def test_a_rejected_batch_is_not_retried_and_is_counted_as_dropped(
     assert len(requests) == 1  # a 4xx other than 408/429 is final: no retry
     assert summary_lines(run.outlines) == [
         f"[testengine] sent 0 results to {refusing.url}; the collector rejected the batch with "
-        f"422 (invalid_field: bad outcome (field outcome)); dropped {TESTS} results"
+        f"422 (invalid_field: bad outcome (field outcome)); dropped {TESTS} results "
+        "(see docs/troubleshooting.md#results-were-dropped)"
     ]
     assert spool_files(pytester) == []
 

@@ -431,7 +431,7 @@ def test_output_file_without_a_collector(tmp_path: Path) -> None:
                 problems=["the collector rejected the batch with 422 (x)"],
             ),
             "[testengine] sent 1 result to http://c; the collector rejected the batch with 422 "
-            "(x); dropped 4 results",
+            "(x); dropped 4 results (see docs/troubleshooting.md#results-were-dropped)",
             id="dropped",
         ),
         pytest.param(
