@@ -430,9 +430,9 @@ def markdown_table(options: Sequence[Option] = OPTIONS) -> str:
             code(opt.ini),
             opt.type.name,
             code(default) if default else "-",
-            opt.help.replace("|", "\\|"),
+            opt.help,
         ]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     return "\n".join(lines) + "\n"
 
 
