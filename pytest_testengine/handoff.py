@@ -4,7 +4,7 @@ xdist workers collect; the controller does not.  So the controller gives every w
 directory (``workerinput``); each worker writes its collected node ids there and waits for
 the controller's selection; a small controller thread reads the first worker's ids, makes the
 one plan request of this shard (or its fallback) through the
-:class:`~pytest_testengine.sharding.Sharder`, and writes the selection that every worker
+:class:`~pytest_testengine.sharder.Sharder`, and writes the selection that every worker
 applies.  Workers never talk to the collector, and the results (sent by the controller) carry
 the plan id.  Dynamic mode with xdist is refused as a usage error.  The workers must share the
 controller's file system (``-n N`` on one machine).
@@ -24,12 +24,11 @@ import orjson
 import pytest
 
 from pytest_testengine.config import ConfigError
+from pytest_testengine.sharder import Sharder, deselect
 from pytest_testengine.sharding import (
     PlanAnswer,
     Selection,
-    Sharder,
     SplitSpec,
-    deselect,
     fallback_selection,
     summary_line,
 )

@@ -77,29 +77,10 @@ def _split_spec(config: pytest.Config, settings: Settings) -> SplitSpec | None:
 
 
 def _register_sharder(config: pytest.Config, settings: Settings, split: SplitSpec) -> None:
-    from pytest_testengine import handoff, sharding
-    from pytest_testengine.transport import Transport
+    from pytest_testengine import sharder
 
-    workerinput = getattr(config, "workerinput", None)
-    if workerinput is not None:  # an xdist worker deselects what its controller planned
-        if handoff.SPLIT_DIR_KEY in workerinput:
-            worker = handoff.WorkerSelection(
-                split, workerinput[handoff.SPLIT_DIR_KEY], workerinput["workerid"]
-            )
-            config.pluginmanager.register(worker, "testengine-worker-selection")
-        return
-
-    transport = Transport(
-        settings.url, token=settings.token, timeout=settings.timeout, compress=settings.compress
-    )
-    client = sharding.PlanClient(transport, timeout=min(settings.timeout, sharding.PLAN_TIMEOUT))
     recorder = config.stash.get(RECORDER, None)
-    on_plan = recorder.set_shard if recorder is not None else None
-    sharder = sharding.Sharder(config, split, client, on_plan=on_plan)
-    config.pluginmanager.register(sharder, "testengine-sharder")
-    config.add_cleanup(transport.close)
-    if getattr(config.option, "dist", "no") != "no":  # xdist: the workers collect
-        config.pluginmanager.register(handoff.Handoff(sharder), "testengine-handoff")
+    sharder.install(config, settings, split, recorder.set_shard if recorder else None)
 
 
 def _register_recording(config: pytest.Config, settings: Settings, *, waits_for_plan: bool) -> None:

@@ -10,8 +10,9 @@ from the collected ids and the durations file), ``all`` (run everything) or ``fa
 
 The decisions (:func:`split_spec`, :func:`plan_from_answer`, :func:`fallback_selection`, the
 message texts) are pure; HTTP goes through :class:`~pytest_testengine.transport.Transport`
-only, in :class:`PlanClient`.  :class:`Sharder` is the pytest plugin object, registered only
-when splitting is on; dynamic mode is in :mod:`pytest_testengine.leasing`.
+only, in :class:`PlanClient`.  The pytest plugin objects are in :mod:`pytest_testengine.sharder`
+(registered only when splitting is on), dynamic mode in :mod:`pytest_testengine.leasing`,
+pytest-xdist in :mod:`pytest_testengine.handoff`.
 
 Exceptions::
 
@@ -24,15 +25,13 @@ Exceptions::
 from __future__ import annotations
 
 import math
-import sys
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, cast
+from typing import Any, Final, Literal, Protocol, cast
 
 import orjson
-import pytest
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -46,9 +45,6 @@ from pytest_testengine.estimates import is_duration
 from pytest_testengine.options import options_by_name
 from pytest_testengine.splitting import SplitBy, fallback_plan, plan_fingerprint
 from pytest_testengine.transport import CallAnswer, Reply, Retry
-
-if TYPE_CHECKING:
-    from pytest_testengine.leasing import DynamicRun
 
 Mode = Literal["static", "dynamic"]
 Fallback = Literal["local", "all", "fail"]
@@ -458,153 +454,3 @@ def empty_shard_line(spec: SplitSpec, collected: int) -> str:
         f"{PREFIX} shard {spec.index + 1}/{spec.total} has no tests to run: the plan gives "
         f"all {collected:,} collected tests to other shards (exit status 0)"
     )
-
-
-# -- the pytest plugin object --------------------------------------------------------------
-
-
-def deselect(config: pytest.Config, items: list[pytest.Item], keep: Collection[str] | None) -> None:
-    """Keep the items whose node id is in ``keep`` (all when None), in collection order."""
-    if keep is None:
-        return
-    kept = [item for item in items if item.nodeid in keep]
-    dropped = [item for item in items if item.nodeid not in keep]
-    if dropped:
-        config.hook.pytest_deselected(items=dropped)
-    items[:] = kept
-
-
-class Sharder:
-    """Makes this session one shard: registered by the plugin only when splitting is on.
-
-    After collection (last of the ``pytest_collection_modifyitems`` implementations) it asks
-    for the plan and deselects the other shards' tests; in dynamic mode it runs the leased
-    chunks instead of pytest's run loop.  ``on_plan(plan_id, index, total)`` tells the
-    recorder which plan the results belong to.
-    """
-
-    def __init__(
-        self,
-        config: pytest.Config,
-        spec: SplitSpec,
-        client: PlanClient,
-        *,
-        on_plan: Callable[[str | None, int, int], None] | None = None,
-    ) -> None:
-        self.config = config
-        self.spec = spec
-        self.client = client
-        self.on_plan = on_plan
-        self.collected = 0
-        self.emptied = False
-        self.lines: list[str] = []
-        self.dynamic: DynamicRun | None = None
-        self.selection: Selection | None = None
-        self._ids: list[str] = []
-
-    def write(self, line: str) -> None:
-        self.lines.append(line)
-        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None:
-            reporter.ensure_newline()
-            reporter.write_line(line)
-        else:
-            print(line, file=sys.stderr)
-
-    def _fallback(self, problem: str) -> Selection:
-        path = self.spec.durations
-        if path is not None:
-            path = str(self.config.invocation_params.dir / path)
-        durations, note = durations_for_fallback(path)
-        return fallback_selection(self.spec, self._ids, problem, durations, note)
-
-    def told(self, plan_id: str | None) -> None:
-        if self.on_plan is not None:
-            self.on_plan(plan_id, self.spec.index, self.spec.total)
-
-    @pytest.hookimpl(trylast=True)
-    def pytest_collection_modifyitems(
-        self, session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
-    ) -> None:
-        if session.testsfailed and not config.option.continue_on_collection_errors:
-            return  # pytest stops after collection errors: no plan for a broken collection
-        if self.spec.mode == "dynamic" and config.option.collectonly:
-            return  # nothing runs: no queue to make
-        ids = list(dict.fromkeys(item.nodeid for item in items))
-        if not ids:
-            return  # nothing to split
-        try:
-            planned = self.plan(ids)
-        except ConfigError as err:
-            raise pytest.UsageError(str(err)) from None
-        if isinstance(planned, PlanAnswer):
-            self._start_dynamic(planned)
-            return
-        if planned.warning:
-            self.write(planned.warning)
-        self._select(planned, config, items)
-
-    def plan(self, ids: list[str]) -> Selection | PlanAnswer:
-        """This shard's selection (a dynamic plan as the collector's answer); raises
-        ConfigError when there is no plan and the fallback is ``fail``."""
-        self._ids = ids
-        self.collected = len(ids)
-        try:
-            answer = self.client.create(self.spec, ids)
-        except PlanUnavailable as exc:
-            return self._fallback(str(exc))
-        return answer if answer.mode == "dynamic" else plan_selection(answer)
-
-    def _start_dynamic(self, answer: PlanAnswer) -> None:
-        from pytest_testengine.leasing import DynamicRun
-
-        self.dynamic = DynamicRun(
-            self.spec,
-            self.client,
-            answer.plan_id,
-            lease_seconds=answer.lease_seconds,
-            fallback=self._fallback,
-            write=self.write,
-        )
-        self.selection = Selection(keep=None, plan_id=answer.plan_id, estimated=None)
-        self.told(answer.plan_id)
-
-    def _select(
-        self, selection: Selection, config: pytest.Config, items: list[pytest.Item]
-    ) -> None:
-        deselect(config, items, selection.keep)
-        self.emptied = self.collected > 0 and not items
-        ran = len(dict.fromkeys(item.nodeid for item in items))
-        self.write(summary_line(self.spec, selection, ran=ran, collected=self.collected))
-        self.told(selection.plan_id)
-
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_runtestloop(self, session: pytest.Session) -> bool | None:
-        if self.dynamic is None or session.config.option.collectonly:
-            return None  # pytest's own loop
-        if session.testsfailed and not session.config.option.continue_on_collection_errors:
-            return None  # pytest's loop reports the collection errors
-        self.dynamic.run(session, session.items)
-        return True
-
-    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
-        run = self.dynamic
-        if run is None or not self.selection:
-            return
-        done = Selection(
-            keep=None,
-            plan_id=self.selection.plan_id,
-            estimated=run.estimated if run.chunks else None,
-        )
-        chunks = f" in {run.chunks:,} chunk{'s' if run.chunks != 1 else ''}"
-        line = summary_line(
-            self.spec, done, ran=len(run.ran), collected=self.collected, verb="ran ", detail=chunks
-        )
-        self.lines.append(line)
-        terminalreporter.write_line(line)
-
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        if self.emptied and session.exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
-            session.exitstatus = pytest.ExitCode.OK
-            self.write(empty_shard_line(self.spec, self.collected))

@@ -628,7 +628,7 @@ def test_dynamic_waits_retry_after_while_other_shards_hold_chunks() -> None:
 def test_every_docs_anchor_named_in_a_message_exists() -> None:
     root = Path(__file__).resolve().parents[2]
     named: set[tuple[str, str]] = set()
-    for module in ("sharding", "leasing", "handoff"):
+    for module in ("sharding", "sharder", "leasing", "handoff"):
         source = (root / "pytest_testengine" / f"{module}.py").read_text(encoding="utf-8")
         source = source.replace("{TROUBLESHOOTING}", "docs/troubleshooting.md")
         named.update(re.findall(r"(docs/[a-z-]+\.md)#([a-z-]+)", source))
