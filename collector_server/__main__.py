@@ -28,7 +28,13 @@ from typing import IO, NoReturn
 
 from collector_server.auth import TokenStore
 from collector_server.errors import CollectorError
-from collector_server.settings import CollectorSettings, add_arguments, env_of, resolve
+from collector_server.settings import (
+    CollectorSettings,
+    add_arguments,
+    env_of,
+    python_level,
+    resolve,
+)
 
 LOCK_FILE = "collector.lock"
 STARTUP_POLL = 0.02  # seconds between checks that the server has bound its socket
@@ -216,7 +222,8 @@ def process(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         print(refusal, file=sys.stderr)
         return 2
     logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+        level=python_level(settings.log_level),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

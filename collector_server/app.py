@@ -29,6 +29,7 @@ from starlette.routing import Route
 from collector_server import ingest
 from collector_server.auth import Authenticator, TokenStore
 from collector_server.consumer import ConsumerThread, processor_consumer
+from collector_server.consumer_child import ConsumerChild
 from collector_server.errors import IngestError, RequestError
 from collector_server.kafka_metrics import KafkaMetrics
 from collector_server.metrics import CONTENT_TYPE, Metrics
@@ -75,7 +76,7 @@ class Parts:
     store: Store
     processor: LocalProcessor | ChildProcessor | None = None
     planner: Planner | None = None  # plans and dynamic queues (plans.db)
-    consumer: ConsumerThread | None = None  # the Kafka processor of `serve` in Kafka mode
+    consumer: ConsumerThread | ConsumerChild | None = None  # Kafka mode: the processor
     started: bool = False
 
     async def start(self, settings: CollectorSettings, metrics: Metrics) -> None:
@@ -115,10 +116,15 @@ class Parts:
         if sink.metrics is None:
             sink.metrics = KafkaMetrics(metrics.registry)
         if settings.processor and self.consumer is None:
-            consumer = processor_consumer(
-                settings, self.store, metrics=sink.metrics, on_applied=metrics.on_applied
-            )
-            self.consumer = ConsumerThread(consumer)
+            if settings.processor_process and isinstance(self.store, SqliteStore):
+                self.consumer = ConsumerChild(  # its own process: ingest keeps a core
+                    settings, metrics=sink.metrics, on_applied=metrics.on_applied
+                )
+            else:
+                consumer = processor_consumer(
+                    settings, self.store, metrics=sink.metrics, on_applied=metrics.on_applied
+                )
+                self.consumer = ConsumerThread(consumer)
             self.consumer.start()
             metrics.watch_lag(lambda: self.consumer.lag if self.consumer else 0)
 

@@ -142,6 +142,11 @@ def parse_kafka_options(text: str) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+def python_level(level: str) -> str:
+    """The ``logging`` level of a ``log_level`` setting (uvicorn's ``trace`` is DEBUG)."""
+    return "DEBUG" if level == "trace" else level.upper()
+
+
 def option(
     default: Any,
     help: str,
@@ -209,8 +214,8 @@ class CollectorSettings:
     )
     processor_process: bool = option(
         True,
-        "run the embedded processor in a child process, so ingest and processing use two "
-        "cores (false: a thread of the collector process)",
+        "run the processor (embedded, or Kafka's in `serve`) in a child process, so ingest "
+        "and processing use two cores (false: a thread of the collector process)",
         parse=parse_bool,
     )
     # test splitting (POST /v1/plans)

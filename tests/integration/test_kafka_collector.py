@@ -42,6 +42,13 @@ def metric(text: str, name: str) -> float:
     return float(found.group(1))
 
 
+#: serve's processor in a child process (the default) or in a thread of the collector
+PROCESSOR_KINDS = [
+    pytest.param([], id="processor-process"),
+    pytest.param(["--processor-process", "false"], id="processor-thread"),
+]
+
+
 @pytest.fixture
 def members() -> Iterator[list[ProcessMember]]:
     started: list[ProcessMember] = []
@@ -91,13 +98,17 @@ def test_broker_stopped_mid_stream_loses_and_doubles_nothing(
     }
 
 
+@pytest.mark.parametrize("kind", PROCESSOR_KINDS)
 def test_collector_killed_mid_stream_restarts_from_kafka(
-    kafka_bootstrap: str, kafka_topic: str, collector_factory: CollectorFactory
+    kafka_bootstrap: str, kafka_topic: str, collector_factory: CollectorFactory, kind: list[str]
 ) -> None:
-    collector = collector_factory(args=kafka_args(kafka_bootstrap, kafka_topic))
+    collector = collector_factory(args=kafka_args(kafka_bootstrap, kafka_topic, *kind))
+    child = collector.get("/readyz").json()["processor"].get("pid")
     with Poster(collector.url, clients=4) as poster:
         assert poster.wait_accepted(1000)
         collector.kill()  # SIGKILL while batches are in flight
+    if child is not None:  # the processor process does not outlive its collector
+        assert wait_until(lambda: not Path(f"/proc/{child}").exists(), timeout=30)
     assert poster.unknown, "no batch was in flight at the kill"
     assert len(poster.unknown) <= 4 * 50
     collector.start()
@@ -147,10 +158,13 @@ def test_collector_killed_with_a_full_wal_replays_it_after_restart(
     assert collector.get("/readyz").status_code == 200
 
 
+@pytest.mark.parametrize("kind", PROCESSOR_KINDS)
 def test_malformed_record_from_another_producer_goes_to_the_dead_letter_topic(
-    kafka_bootstrap: str, kafka_topic: str, collector_factory: CollectorFactory
+    kafka_bootstrap: str, kafka_topic: str, collector_factory: CollectorFactory, kind: list[str]
 ) -> None:
-    collector = collector_factory(args=kafka_args(kafka_bootstrap, kafka_topic, partitions=1))
+    collector = collector_factory(
+        args=kafka_args(kafka_bootstrap, kafka_topic, *kind, partitions=1)
+    )
     first, second = make_batch(20), make_batch(20)
     assert collector.post_batch(first).status_code == 202
     produce(kafka_bootstrap, kafka_topic, [b"not json at all"])

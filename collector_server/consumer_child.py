@@ -1,0 +1,246 @@
+"""The Kafka processor of ``serve`` in a child process, so ingest and processing use two cores.
+
+:class:`ConsumerChild` (in the collector) starts ``python -m collector_server.consumer_child``
+and stands in for a :class:`~collector_server.consumer.ConsumerThread`: same ``start``,
+``stop``, ``running``, ``lag`` and ``status``.  The child is a consumer group member like
+``testengine-collector process``: it writes the SQLite store of the collector's data directory
+(shared through SQLite's locking) and commits offsets after each store write.
+
+Pipes, one line per message:
+
+- collector -> child (stdin): ``S`` to stop (the child commits what it stored and leaves the
+  group).  End of file means the collector is gone (even SIGKILLed): the child stops the same
+  way, so no consumer outlives its collector.
+- child -> collector (stdout): JSON objects ``{"records": r, "new": k, "malformed": m,
+  "partitions": [...], "lag": {partition: n}, "error": ...}`` (totals so far) after every
+  batch and once a second; the collector turns them into ``/readyz`` and ``/metrics``.
+  The child's log goes to the collector's stderr.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO, Any, Final
+
+import orjson
+
+from collector_server.consumer import ConsumerError, ResultConsumer, processor_consumer
+from collector_server.kafka_metrics import KafkaMetrics
+from collector_server.settings import CollectorSettings, python_level
+from collector_server.store.sqlite import STORE_FILE, SqliteStore
+
+log = logging.getLogger("testengine.collector.consumer")
+
+STOP_TIMEOUT: Final = 30.0
+HEARTBEAT: Final = 1.0  # seconds between status lines when nothing is consumed
+#: The settings the child needs, passed as one JSON argument.
+CHILD_SETTINGS: Final = (
+    "data_dir",
+    "log_level",
+    "kafka_bootstrap",
+    "kafka_topic",
+    "kafka_partitions",
+    "kafka_option",
+    "kafka_group",
+    "processor_batch",
+    "processor_linger",
+)
+
+
+class ConsumerChild:
+    """The collector's side of the child process (see the module docstring)."""
+
+    def __init__(
+        self,
+        settings: CollectorSettings,
+        *,
+        metrics: KafkaMetrics | None = None,
+        on_applied: Callable[[int, int], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.on_applied = on_applied
+        self.error: str | None = None
+        self.totals: dict[str, Any] = {"records": 0, "new": 0, "malformed": 0}
+        self.partitions: list[int] = []
+        self.partition_lag: dict[int, int] = {}
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._reader: threading.Thread | None = None
+
+    def command(self) -> list[str]:
+        config = {name: getattr(self.settings, name) for name in CHILD_SETTINGS}
+        config["data_dir"] = str(self.settings.data_dir)
+        return [
+            sys.executable,
+            "-m",
+            "collector_server.consumer_child",
+            orjson.dumps(config).decode(),
+        ]
+
+    def start(self) -> None:
+        self._proc = subprocess.Popen(
+            self.command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True
+        )
+        assert self._proc.stdout is not None
+        self._reader = threading.Thread(
+            target=self._read, args=(self._proc.stdout,), name="testengine-consumer-status"
+        )
+        self._reader.start()
+
+    def _read(self, stream: IO[bytes]) -> None:
+        for line in stream:
+            try:
+                message: dict[str, Any] = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            self._update(message)
+
+    def _update(self, message: dict[str, Any]) -> None:
+        before = self.totals
+        after = {key: int(message.get(key, 0)) for key in before}
+        delta = {key: after[key] - before[key] for key in before}
+        self.totals = after
+        self.error = message.get("error")
+        self.partitions = [int(p) for p in message.get("partitions", ())]
+        self.partition_lag = {int(p): int(n) for p, n in message.get("lag", {}).items()}
+        if self.on_applied is not None and delta["records"]:
+            self.on_applied(delta["records"], delta["new"])
+        if self.metrics is not None:
+            self.metrics.consumed.inc(delta["records"])
+            self.metrics.consumed_new.inc(delta["new"])
+            self.metrics.malformed.inc(delta["malformed"])
+            for partition, lag in self.partition_lag.items():
+                self.metrics.consumer_lag.labels(str(partition)).set(lag)
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Ask the child to commit and leave the group; kill it after ``timeout``."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        assert proc.stdin is not None
+        with contextlib.suppress(OSError, ValueError):
+            proc.stdin.write(b"S\n")
+            proc.stdin.close()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("[testengine] the Kafka processor process did not stop in %g s", timeout)
+            proc.kill()
+            proc.wait()
+        if self._reader is not None:
+            self._reader.join(timeout)
+            self._reader = None
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def lag(self) -> int:
+        return sum(self.partition_lag.values())
+
+    def status(self) -> dict[str, object]:
+        proc = self._proc
+        return {
+            "running": self.running,
+            "kind": "kafka",
+            "group": self.settings.kafka_group,
+            "partitions": self.partitions,
+            "lag": self.lag,
+            "records": self.totals["records"],
+            "malformed": self.totals["malformed"],
+            "error": self.error,
+            "pid": proc.pid if proc is not None else None,
+        }
+
+
+# -- the child ---------------------------------------------------------------------------
+
+
+class _Reporter:
+    """Status lines on stdout, from the consumer loop and the heartbeat thread."""
+
+    def __init__(self, consumer: ResultConsumer, out: IO[bytes]) -> None:
+        self.consumer = consumer
+        self.out = out
+        self.error: str | None = None
+        self.lock = threading.Lock()
+
+    def send(self) -> None:
+        stats = self.consumer.stats
+        line = orjson.dumps(
+            {
+                "records": stats.records,
+                "new": stats.new,
+                "malformed": stats.malformed,
+                "partitions": list(stats.assigned),
+                "lag": {str(p): n for p, n in stats.lag.items()},
+                "error": self.error,
+            }
+        )
+        with self.lock, contextlib.suppress(OSError, ValueError):
+            self.out.write(line + b"\n")
+            self.out.flush()
+
+
+def run_child(settings: CollectorSettings) -> int:
+    store = SqliteStore(settings.data_dir / STORE_FILE).open()
+    consumer = processor_consumer(settings, store)
+    reporter = _Reporter(consumer, sys.stdout.buffer)
+    stop = threading.Event()
+
+    def watch_stdin() -> None:  # "S" or end of file (the collector is gone): stop
+        for line in sys.stdin.buffer:
+            if line.startswith(b"S"):
+                break
+        stop.set()
+
+    def heartbeat() -> None:
+        while not stop.wait(HEARTBEAT):
+            reporter.send()
+
+    threading.Thread(target=watch_stdin, name="testengine-stdin", daemon=True).start()
+    threading.Thread(target=heartbeat, name="testengine-heartbeat", daemon=True).start()
+    code = 0
+    try:
+        consumer.start()
+        reporter.send()
+        while not stop.is_set():
+            if consumer.poll_once():
+                reporter.send()
+    except ConsumerError as exc:
+        reporter.error = str(exc)
+        log.error("%s", exc)
+        code = 1
+    finally:
+        stop.set()
+        consumer.close()  # commits what is stored, leaves the group
+        store.close()
+        reporter.send()
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    config = orjson.loads(args[0])
+    config["kafka_option"] = tuple((str(k), str(v)) for k, v in config["kafka_option"])
+    config["data_dir"] = Path(config["data_dir"])
+    settings = CollectorSettings().replace(**config)
+    logging.basicConfig(
+        level=python_level(settings.log_level),
+        format=f"%(asctime)s %(levelname)s %(name)s [pid {os.getpid()}] %(message)s",
+    )
+    return run_child(settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
