@@ -112,6 +112,8 @@ class DynamicRun:
     def _heartbeat(self) -> None:
         """Renew held leases when no request went out for a third of the lease."""
         while not self._stop.wait(max(0.2, self.lease_seconds / 6)):
+            if self.fell_back:
+                return
             interval = max(0.5, self.lease_seconds / 3)
             if self.clock() - self._last_request < interval or len(self._queue) > 1:
                 continue
@@ -124,9 +126,11 @@ class DynamicRun:
 
     def _take(self, session: pytest.Session, *, wait: bool) -> Batch | None:
         """The next batch to run, None when there is none (now, with ``wait=False``)."""
+        if self.fell_back:
+            return None  # the fallback batch was the last one
         if self._queue:
             return self._queue.popleft()
-        if self.fell_back or (self._done and not self._unreported):
+        if self._done and not self._unreported:
             return None
         deadline = self.clock() + 3 * self.lease_seconds + 30.0
         for _ in range(100_000):

@@ -669,3 +669,25 @@ def test_dynamic_heartbeat_renews_the_leases_of_a_long_chunk_and_stops_at_the_en
     assert sorted(n for n, _ in session.runs) == sorted(IDS)
     assert run._beat is not None
     assert not run._beat.is_alive()
+
+
+def test_dynamic_stops_waiting_after_a_bound_with_a_message() -> None:
+    fake = FakeCollector()
+    run = dynamic(fake, index=2)
+    for other in range(len(fake.chunks)):  # other shards hold every chunk, forever
+        fake.leased[other] = 0
+    now = [0.0]
+    run.clock = lambda: now[0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    run.sleep = sleep
+    session = FakeSession()
+    run.run(session, [session.item(t) for t in IDS])  # type: ignore[arg-type]
+    assert session.runs == []
+    assert now[0] == pytest.approx(3 * 30 + 30)
+    assert run.lines == [  # type: ignore[attr-defined]
+        "[testengine] shard 3/4 stopped waiting for a chunk of plan 7f3c9a0e11: the other "
+        "shards still hold the rest after 120 s; see docs/troubleshooting.md#dynamic-split-waits"
+    ]
