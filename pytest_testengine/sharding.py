@@ -223,6 +223,9 @@ def plan_from_answer(data: object, spec: SplitSpec, test_ids: Sequence[str]) -> 
     shards = data.get("shards")
     if not isinstance(shards, list) or len(shards) != spec.total:
         raise PlanUnavailable(f"the collector's plan does not have {spec.total} shards")
+    indexes = sorted(shard.get("index", -1) if isinstance(shard, dict) else -1 for shard in shards)
+    if indexes != list(range(spec.total)):
+        raise PlanUnavailable(f"the collector's plan does not have shards 0 to {spec.total - 1}")
     mine: tuple[str, ...] = ()
     estimated = None
     seen: set[str] = set()
@@ -306,7 +309,11 @@ class PlanClient:
             sleep=self.sleep,
             retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
         )
-        answer: CallAnswer = retrying(self.transport.call, path, payload, timeout=self.timeout)
+        try:
+            answer: CallAnswer = retrying(self.transport.call, path, payload, timeout=self.timeout)
+        except Exception as exc:  # never a traceback: whatever failed, the fallback decides
+            text = f"the request to {path} failed ({type(exc).__name__}: {exc})"
+            raise PlanUnavailable(text) from exc
         if isinstance(answer, Reply):
             return answer.data
         raise PlanUnavailable(answer.reason)

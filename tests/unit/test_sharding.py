@@ -362,6 +362,16 @@ def test_retries_transient_failures_with_a_capped_wait() -> None:
     assert sleeps[0] <= 1.0
 
 
+def test_an_unexpected_error_becomes_plan_unavailable() -> None:
+    class Broken(FakeCollector):
+        def call(self, path: str, payload: Any, *, timeout: float | None = None) -> Any:
+            raise ValueError("boom")
+
+    with pytest.raises(PlanUnavailable) as caught:
+        client(Broken()).create(spec(), IDS)
+    assert str(caught.value) == "the request to /v1/plans failed (ValueError: boom)"
+
+
 def test_gives_up_after_three_attempts_and_at_once_on_a_rejection() -> None:
     fake = FakeCollector(fail=[Retry("could not reach the collector")] * 5)
     with pytest.raises(PlanUnavailable, match="could not reach the collector"):
@@ -382,6 +392,11 @@ def test_gives_up_after_three_attempts_and_at_once_on_a_rejection() -> None:
             {"plan_id": "p", "shards": [{"index": i, "tests": IDS[:1]} for i in range(4)]},
             r"does not match the collected tests \(19 missing, 0 unknown, 3 twice\)",
             id="wrong-tests",
+        ),
+        pytest.param(
+            {"plan_id": "p", "shards": [{"index": 0, "tests": IDS}] * 4},
+            "does not have shards 0 to 3",
+            id="wrong-indexes",
         ),
         pytest.param(
             {"plan_id": "p", "shards": [{"index": i, "tests": "x"} for i in range(4)]},
