@@ -363,3 +363,21 @@ def test_dynamic_collector_dies_mid_run_the_shard_runs_the_rest_of_its_local_sha
     assert set(ran[len(first_chunk) :]) == share - set(first_chunk)
     assert run_info["plan_id"] is not None
     assert not run_info["plan_id"].startswith("local-")  # the results belong to the dynamic plan
+
+
+def test_split_by_file_keeps_each_file_on_one_shard(
+    pytester: pytest.Pytester, collector: CollectorProcess
+) -> None:
+    files_of_shard = []
+    for index in range(2):
+        output = f"by-file-{index}.jsonl"
+        run = shard(
+            pytester, collector.url, index, 2, "--split-by", "file", "--testengine-output", output
+        )
+        assert run.ret == pytest.ExitCode.OK
+        _, ids = output_file(pytester.path / output)
+        files_of_shard.append({test_id.split("::")[0] for test_id in ids})
+    assert files_of_shard[0].isdisjoint(files_of_shard[1])
+    assert files_of_shard[0] | files_of_shard[1] == {f"{name}.py" for name in SUITE}
+    (plan,) = collector.get(f"/v1/suites/default/builds/{BUILD}").json()["plans"]
+    assert (plan["by"], plan["asked_by"]) == ("file", [0, 1])
