@@ -8,7 +8,7 @@ Run from the repository root::
     python benchmarks/kafka_ingest.py --quick            # tiny sizes (a smoke run)
 
 Ingest: for 1, 8 and 32 concurrent clients, three collectors take turns (embedded, Kafka
-ingest-only, Kafka with its in-process processor, and again) after a warm-up round of each.
+ingest-only, Kafka with its processor, and again) after a warm-up round of each.
 Every round starts a fresh ``testengine-collector serve`` on a free loopback port with a
 temporary data directory (Kafka: a fresh topic of 6 partitions; embedded: the default local log
 and SQLite store) and posts ``--batches`` gzipped batches of 500 results (built before the clock
@@ -16,7 +16,9 @@ starts) from N keep-alive connections.  Where a processor runs in the collector 
 the clients post (as it would in production); after the clock stops it is given time to store
 everything, so that it does not slow the next round.  accepted/s counts results answered 202
 (acknowledged by Kafka with acks=all, or fsynced to the local log) per second of posting; POST
-latency p50 / p99 is over every request of the measured rounds.
+latency p50 / p99 is over every request of the measured rounds; collector CPU is the user +
+system time of the ``serve`` process (not of a processor child) per accepted result while the
+clients post, the median of the rounds: unlike the rates it hardly depends on other load.
 
 Processor: ``testengine-collector process`` (fresh consumer group and data directory each
 round) consumes a topic filled by the ingest rounds into its SQLite store; results/s from its
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -50,7 +53,7 @@ CLIENTS = (1, 8, 32)
 SINKS = {
     "embedded": "embedded (local log + processor)",
     "kafka": "Kafka, ingest only (--processor false)",
-    "kafka+processor": "Kafka + in-process processor (serve's default)",
+    "kafka+processor": "Kafka + processor (serve's default: a child process)",
 }
 PARTITIONS = 6
 CATCH_UP_TIMEOUT = 300.0
@@ -108,10 +111,22 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> floa
     return time.perf_counter() - start
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def ingest_round(
-    sink: str, clients: int, batches: int, bootstrap: str, topics: list[str]
+    sink: str,
+    clients: int,
+    batches: int,
+    bootstrap: str,
+    topics: list[str],
+    cpu_used: list[float],
 ) -> tuple[float, list[float]]:
-    """(accepted results/s, POST latencies) of one round with a fresh collector."""
+    """(accepted results/s, POST latencies) of one round with a fresh collector; appends the
+    collector process's CPU seconds per accepted result to ``cpu_used``."""
     env: dict[str, str] = {}
     if sink != "embedded":
         topic = f"bench.{uuid.uuid4().hex[:12]}"
@@ -122,9 +137,12 @@ def ingest_round(
         harness.Collector(tmp / "data", env=env) as collector,
     ):
         requests = loadgen.prepare("127.0.0.1", collector.port, batches, BATCH)
+        assert collector.proc is not None
+        before = cpu_seconds(collector.proc.pid)
         load = loadgen.post_all(
             "127.0.0.1", collector.port, requests, clients=clients, batch_size=BATCH
         )
+        cpu_used.append((cpu_seconds(collector.proc.pid) - before) / max(load.results, 1))
         if sink != "kafka":  # let its processor finish before the next round (not timed)
             wait_until(
                 lambda: stored_in(collector) >= load.results,
@@ -149,12 +167,16 @@ def measure_ingest(
     rows = []
     for clients in CLIENTS:
         latencies: dict[str, list[float]] = {s: [] for s in SINKS}
+        cpu: dict[str, list[float]] = {s: [] for s in SINKS}
 
         def candidate(
-            sink: str, clients: int = clients, latencies: dict[str, list[float]] = latencies
+            sink: str,
+            clients: int = clients,
+            latencies: dict[str, list[float]] = latencies,
+            cpu: dict[str, list[float]] = cpu,
         ) -> Callable[[], float]:
             def run() -> float:
-                rate, lat = ingest_round(sink, clients, batches, bootstrap, topics)
+                rate, lat = ingest_round(sink, clients, batches, bootstrap, topics, cpu[sink])
                 latencies[sink].extend(lat)
                 return rate
 
@@ -177,6 +199,7 @@ def measure_ingest(
                     runs.spread(sink).fmt("", 0),
                     f"{harness.percentile(measured, 50) * 1000:.1f}",
                     f"{harness.percentile(measured, 99) * 1000:.1f}",
+                    f"{statistics.median(cpu[sink][warmup:]) * 1e6:.1f}",
                 )
             )
     title = (
@@ -184,9 +207,16 @@ def measure_ingest(
         f"round; median (min-max) of {rounds} rounds, sinks alternating)\n\n"
     )
     return title + harness.table(
-        ["clients", "sink", "accepted results/s", "POST p50 ms", "POST p99 ms"],
+        [
+            "clients",
+            "sink",
+            "accepted results/s",
+            "POST p50 ms",
+            "POST p99 ms",
+            "collector CPU µs/result",
+        ],
         rows,
-        "rlrrr",
+        "rlrrrr",
     )
 
 
