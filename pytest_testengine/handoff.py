@@ -30,7 +30,6 @@ from pytest_testengine.sharding import (
     Selection,
     SplitSpec,
     fallback_selection,
-    summary_line,
 )
 
 SPLIT_DIR_KEY: Final = "testengine_split_dir"
@@ -89,11 +88,7 @@ class Handoff:
     def _report(self, selection: Selection, ids: list[str], keep: list[str] | None) -> None:
         if selection.warning:
             self.lines.append(selection.warning)
-        ran = len(ids) if keep is None else len(keep)
-        spec = self.sharder.spec
-        self.lines.append(summary_line(spec, selection, ran=ran, collected=len(ids)))
-        self.sharder.emptied = bool(ids) and ran == 0
-        self.sharder.told(selection.plan_id)
+        self.lines.append(self.sharder.settle(selection, len(ids) if keep is None else len(keep)))
 
     def _print(self) -> None:
         if not self._printed and self.lines:

@@ -173,10 +173,13 @@ class Sharder:
         self, selection: Selection, config: pytest.Config, items: list[pytest.Item]
     ) -> None:
         deselect(config, items, selection.keep)
-        self.emptied = self.collected > 0 and not items
-        ran = len(dict.fromkeys(item.nodeid for item in items))
-        self.write(summary_line(self.spec, selection, ran=ran, collected=self.collected))
+        self.write(self.settle(selection, len(dict.fromkeys(item.nodeid for item in items))))
+
+    def settle(self, selection: Selection, ran: int) -> str:
+        """Record that this shard runs ``ran`` tests of ``selection``; its summary line."""
+        self.emptied = self.collected > 0 and ran == 0
         self.told(selection.plan_id)
+        return summary_line(self.spec, selection, ran=ran, collected=self.collected)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> bool | None:
