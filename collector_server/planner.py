@@ -64,6 +64,9 @@ from pytest_testengine.splitting import (
     test_set_hash,
 )
 
+#: Plans past their retention are deleted at start and at most this often (seconds) after.
+PRUNE_INTERVAL: Final = 3600.0
+
 Mode = Literal["static", "dynamic"]
 MODES: Final[tuple[Mode, ...]] = ("static", "dynamic")
 
@@ -312,6 +315,7 @@ class Planner:
         self.store = store
         self.clock = clock
         self._making = threading.Lock()  # one plan made at a time: shards of a build agree
+        self._pruned = -math.inf  # when plans past their retention were last deleted
 
     @classmethod
     def from_settings(cls, settings: CollectorSettings, store: Store) -> Planner:
@@ -321,6 +325,15 @@ class Planner:
     def open(self) -> None:
         if not self.plans.is_open:
             self.plans.open()
+        self.prune()
+
+    def prune(self) -> int:
+        """Delete plans older than the ``plan_retention`` setting; at most once an hour."""
+        now = self.clock()
+        if now - self._pruned < PRUNE_INTERVAL:
+            return 0
+        self._pruned = now
+        return self.plans.prune(now - self.settings.plan_retention)
 
     def close(self) -> None:
         self.plans.close()
@@ -347,6 +360,7 @@ class Planner:
             with self._making:
                 row = self.plans.find(key)
                 if row is None:
+                    self.prune()
                     durations = self.store.durations(tenant, request.suite)
                     new = make_plan(
                         key,
@@ -359,7 +373,7 @@ class Planner:
                         row, shards = new.row, new.shards
                     else:  # made by another collector on the same file
                         row = self.plans.find(key)
-        if row is None:  # pragma: no cover - a plan is never deleted
+        if row is None:  # pragma: no cover - only plans past their retention are deleted
             raise RuntimeError("plan vanished")
         cached = shards is None
         if shards is None:

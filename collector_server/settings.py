@@ -230,6 +230,11 @@ class CollectorSettings:
         "seconds added to 3 x a chunk's estimate for its lease (the longer lease wins)",
         parse=parse_seconds_or_zero,
     )
+    plan_retention: float = option(
+        14 * 86_400.0,
+        "seconds a split plan (and its dynamic queue) is kept after it was made",
+        parse=parse_seconds,
+    )
     # Kafka mode (docs/kafka.md)
     kafka_bootstrap: str | None = option(
         None,

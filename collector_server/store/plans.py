@@ -252,6 +252,15 @@ class PlanStore:
             )
         return True
 
+    def prune(self, before: float) -> int:
+        """Delete the plans made before ``before`` (epoch seconds), with their asks and
+        queues; return how many plans went."""
+        with self._transaction() as conn:
+            old = "SELECT plan_id FROM plans WHERE created < ?"
+            conn.execute(f"DELETE FROM plan_asks WHERE plan_id IN ({old})", (before,))
+            conn.execute(f"DELETE FROM chunks WHERE plan_id IN ({old})", (before,))
+            return conn.execute("DELETE FROM plans WHERE created < ?", (before,)).rowcount
+
     def record_ask(self, plan_id: str, index: int, now: float) -> None:
         with self._transaction() as conn:
             conn.execute(
