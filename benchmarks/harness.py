@@ -142,6 +142,7 @@ class Run:
     max_rss_kib: int  # peak resident set of the child (Linux: KiB)
     status: int
     ended: float  # time.time() when the child was reaped
+    cpu: float = 0.0  # user + system seconds of the child itself
 
 
 def run_measured(
@@ -173,7 +174,8 @@ def run_measured(
     wall = time.perf_counter() - start
     ended = time.time()
     proc.returncode = os.waitstatus_to_exitcode(status)  # already reaped
-    return Run(wall, int(usage.ru_maxrss), proc.returncode, ended)
+    cpu = usage.ru_utime + usage.ru_stime
+    return Run(wall, int(usage.ru_maxrss), proc.returncode, ended, cpu)
 
 
 def bench_env(**extra: str) -> dict[str, str]:
@@ -205,9 +207,12 @@ def workdir(prefix: str) -> Iterator[Path]:
 # -- generated suites --------------------------------------------------------------------
 
 
-def write_suite(root: Path, tests: int, files: int = 200, *, sleep: float = 0.0) -> int:
+def write_suite(
+    root: Path, tests: int, files: int = 200, *, sleep: float = 0.0, failing: bool = True
+) -> int:
     """Write a suite of about ``tests`` trivial tests in ``files`` files: plain functions,
-    parametrized ones, 1% failing, 2% skipped.  Returns the exact number of tests."""
+    parametrized ones, 1% failing (unless not ``failing``), 2% skipped.  Returns the exact
+    number of tests."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "pytest.ini").write_text("[pytest]\n")
     per_file = max(1, tests // files)
@@ -221,7 +226,7 @@ def write_suite(root: Path, tests: int, files: int = 200, *, sleep: float = 0.0)
         plain = n // 2
         param = n - plain
         for i in range(plain):
-            if i % 100 == 37:
+            if failing and i % 100 == 37:
                 lines.append(f"def test_fail_{i}():\n    {body}assert {i} == {i + 1}\n")
             elif i % 50 == 11:
                 lines.append(

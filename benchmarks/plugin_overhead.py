@@ -41,8 +41,15 @@ OTHERS = {
 
 
 def candidates(
-    suite: Path, out: Path, collector_url: str, sink_url: str, xdist: bool
+    suite: Path,
+    out: Path,
+    collector_url: str,
+    sink_url: str,
+    xdist: bool,
+    cpu: dict[str, list[float]] | None = None,
 ) -> dict[str, Callable[[], float]]:
+    """The candidates' runs: each returns its wall time (and adds its CPU time to ``cpu``)."""
+    cpu = {} if cpu is None else cpu
     env = harness.bench_env()
     bk_env = harness.bench_env(
         BUILDKITE_ANALYTICS_TOKEN="bench-token", BUILDKITE_ANALYTICS_API_URL=sink_url
@@ -50,34 +57,43 @@ def candidates(
     te_env = harness.bench_env(TESTENGINE_URL=collector_url)
     par = ("-n", "2") if xdist else ()
 
-    def run(args: tuple[str, ...], environ: dict[str, str]) -> Callable[[], float]:
+    def run(name: str, args: tuple[str, ...], environ: dict[str, str]) -> Callable[[], float]:
         cmd = harness.pytest_cmd(*par, *args)
 
         def once() -> float:
             got = harness.run_measured(cmd, cwd=suite, env=environ)
             if got.status not in (0, 1):
                 raise RuntimeError(f"{' '.join(cmd)} exited with {got.status}")
+            cpu.setdefault(name, []).append(got.cpu)
             return got.wall
 
         return once
 
     no_bk, no_te = OTHERS["buildkite"], OTHERS["testengine"]
     found = {
-        "plain pytest": run((*no_bk, *no_te), env),
-        "--testengine (collector)": run((*no_bk, "--testengine"), te_env),
+        "plain pytest": run("plain pytest", (*no_bk, *no_te), env),
+        "--testengine (collector)": run(
+            "--testengine (collector)", (*no_bk, "--testengine"), te_env
+        ),
     }
     if xdist:
         return found
     found.update(
         {
             "--testengine-output file": run(
-                (*no_bk, "--testengine-output", str(out / "te.jsonl")), env
+                "--testengine-output file",
+                (*no_bk, "--testengine-output", str(out / "te.jsonl")),
+                env,
             ),
-            "--junitxml": run((*no_bk, *no_te, "--junitxml", str(out / "junit.xml")), env),
+            "--junitxml": run(
+                "--junitxml", (*no_bk, *no_te, "--junitxml", str(out / "junit.xml")), env
+            ),
             "pytest-reportlog": run(
-                (*no_bk, *no_te, "--report-log", str(out / "report.jsonl")), env
+                "pytest-reportlog",
+                (*no_bk, *no_te, "--report-log", str(out / "report.jsonl")),
+                env,
             ),
-            "buildkite-test-collector": run(no_te, bk_env),
+            "buildkite-test-collector": run("buildkite-test-collector", no_te, bk_env),
         }
     )
     return {name: once for name, once in found.items() if name not in missing()}
@@ -95,8 +111,10 @@ def missing() -> list[str]:
 
 
 def measure(
-    sizes: tuple[int, ...], rounds: int, xdist_sizes: tuple[int, ...], warmup: int = 1
+    sizes: tuple[int, ...], rounds: int | None, xdist_sizes: tuple[int, ...], warmup: int = 1
 ) -> str:
+    """One table per size (and per xdist size); the first comparison gets ``warmup`` rounds
+    (the machine is warm for the next ones).  ``rounds`` None: 5 up to 5,000 tests, else 3."""
     sections: list[str] = []
     counts: dict[int, int] = {}
     with (
@@ -111,23 +129,28 @@ def measure(
                     counts[size] = harness.write_suite(suite, size)
                 out = tmp / "out"
                 out.mkdir(exist_ok=True)
+                cpu: dict[str, list[float]] = {}
                 found = harness.alternate(
-                    candidates(suite, out, collector.url, sink.url, xdist),
-                    rounds=rounds,
-                    warmup=warmup,
+                    candidates(suite, out, collector.url, sink.url, xdist, cpu),
+                    rounds=rounds or (5 if size <= 5000 else 3),
+                    warmup=warmup if not sections else 0,
                     progress=harness.log,
                 )
-                sections.append(render(found, counts[size], xdist))
+                kept = len(found.values["plain pytest"])
+                cpu = {name: values[-kept:] for name, values in cpu.items()}
+                sections.append(render(found, counts[size], xdist, cpu))
     return "\n\n".join(sections)
 
 
-def render(found: harness.Alternated, tests: int, xdist: bool) -> str:
+def render(found: harness.Alternated, tests: int, xdist: bool, cpu: dict[str, list[float]]) -> str:
     base = "plain pytest"
     rows = []
     for name in found.names:
         wall = found.spread(name)
+        cpu_ratio = harness.Spread.of([a / b for a, b in zip(cpu[name], cpu[base], strict=True)])
+        cpu_text = f"{(cpu_ratio.median - 1) * 100:+.1f}%"
         if name == base:
-            rows.append((name, wall.fmt(" s"), "-", "-"))
+            rows.append((name, wall.fmt(" s"), "-", "-", harness.Spread.of(cpu[name]).fmt(" s")))
             continue
         ratio = found.ratio(name, base)
         extra = [a - b for a, b in zip(found.values[name], found.values[base], strict=True)]
@@ -139,17 +162,26 @@ def render(found: harness.Alternated, tests: int, xdist: bool) -> str:
                 f"{(ratio.median - 1) * 100:+.1f}% ({(ratio.low - 1) * 100:+.1f} to "
                 f"{(ratio.high - 1) * 100:+.1f})",
                 per_test.fmt("", 0),
+                cpu_text,
             )
         )
     if not xdist:
-        rows += [(name, f"not installed (pip install {name})", "-", "-") for name in missing()]
+        rows += [(name, f"not installed (pip install {name})", "-", "-", "-") for name in missing()]
     title = (
         f"### Plugin overhead, {tests:,} tests in 200 files"
         + (", pytest-xdist -n 2" if xdist else "")
         + f" (median (min-max) of {len(found.values[base])} alternated rounds)\n\n"
     )
     return title + harness.table(
-        ["candidate", "wall time", "overhead vs plain", "µs per test"], rows, "lrrr"
+        [
+            "candidate",
+            "wall time",
+            "overhead vs plain",
+            "µs per test",
+            "CPU time of pytest (vs plain)",
+        ],
+        rows,
+        "lrrrr",
     )
 
 
@@ -160,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="*", default=None, help="suite sizes")
     args = parser.parse_args(argv)
     sizes = tuple(args.sizes or ((200,) if args.quick else (5000, 20000)))
-    rounds = args.rounds or (1 if args.quick else 5)
+    rounds = args.rounds or (1 if args.quick else None)
     xdist_sizes = sizes[-1:]
     print(measure(sizes, rounds, xdist_sizes, warmup=0 if args.quick else 1))
     return 0

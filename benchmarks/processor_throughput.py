@@ -35,7 +35,12 @@ import orjson
 from collector_server import ingest
 from collector_server.processor import LocalProcessor
 from collector_server.settings import CollectorSettings
-from collector_server.sinks.local import LocalLog, encode_entry
+from collector_server.sinks.local import (
+    LocalLog,
+    decode_entry,
+    encode_body_entry,
+    encode_entry,
+)
 from collector_server.store.sqlite import SqliteStore
 from pytest_testengine.model import Record, records_of
 
@@ -78,6 +83,71 @@ def apply_once(records: Sequence[list[Record]], handed: bool) -> float:
     return len(records) * BATCH / seconds
 
 
+def stages(entries: int, rounds: int) -> str:
+    """CPU time per result of each step a result goes through, one step at a time."""
+    limits = ingest.Limits.from_settings(CollectorSettings())
+    bodies = [loadgen.body(BATCH, next(loadgen._runs)) for _ in range(entries)]
+    raw = [gzip.decompress(b) for b in bodies]
+    objs = [orjson.loads(r) for r in raw]
+    checked = [ingest.check_batch(o, r, limits) for o, r in zip(objs, raw, strict=True)]
+    full = [records_of("default", ingest.validate_batch(o, limits)) for o in objs]
+    body_entries = [
+        encode_body_entry("default", c.run, c.body)
+        for c in checked
+        if isinstance(c, ingest.Checked)
+    ]
+    decoded = [decode_entry(e) for e in body_entries]
+    count = entries * BATCH
+
+    def write_store() -> None:
+        with harness.workdir("stages") as tmp:
+            store = SqliteStore(tmp / "store.db").open()
+            step = max(1, 5000 // BATCH)
+            for start in range(0, len(decoded), step):
+                store.write([r for rs in decoded[start : start + step] for r in rs])
+            store.close()
+
+    steps: list[tuple[str, str, Callable[[], object]]] = [
+        ("collector", "gunzip", lambda: [ingest.gunzip(b, 1 << 30) for b in bodies]),
+        ("collector", "parse JSON (orjson)", lambda: [orjson.loads(r) for r in raw]),
+        (
+            "collector",
+            "check (check_batch, no objects)",
+            lambda: [ingest.check_batch(o, r, limits) for o, r in zip(objs, raw, strict=True)],
+        ),
+        (
+            "collector",
+            "store the body in a log entry",
+            lambda: [encode_body_entry("default", c.run, c.body) for c in checked],  # type: ignore[union-attr]
+        ),
+        (
+            "(thread mode)",
+            "validate into Result objects",
+            lambda: [records_of("default", ingest.validate_batch(o, limits)) for o in objs],
+        ),
+        (
+            "(thread mode)",
+            "encode records into a log entry",
+            lambda: [encode_entry(r) for r in full],
+        ),
+        ("processor", "decode a log entry", lambda: [decode_entry(e) for e in body_entries]),
+        ("processor", "store write (SQLite, 5,000 per transaction)", write_store),
+    ]
+    rows = []
+    for where, name, work in steps:
+        times = []
+        for _ in range(rounds):
+            start = time.process_time()
+            work()
+            times.append((time.process_time() - start) / count * 1e6)
+        rows.append((where, name, harness.Spread.of(times).fmt("", 1)))
+    title = (
+        f"### Where the time goes: CPU µs per result of each step, {count:,} results "
+        f"(median (min-max) of {rounds})\n\n"
+    )
+    return title + harness.table(["process", "step", "µs per result"], rows, "llr")
+
+
 def measure(entries: int, rounds: int, warmup: int) -> str:
     records = batches(entries)
     runs: dict[str, Callable[[], float]] = {
@@ -102,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     entries = args.entries or (6 if args.quick else 200)
     rounds = args.rounds or (1 if args.quick else 3)
     print(measure(entries, rounds, warmup=0 if args.quick else 1))
+    print()
+    print(stages(entries, rounds))
     return 0
 
 
