@@ -201,7 +201,10 @@ def test_plugin_results_reach_the_store_through_kafka(
     pytester: pytest.Pytester,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    collector = collector_factory(args=kafka_args(kafka_bootstrap, kafka_topic))
+    collector = collector_factory(  # the bootstrap by the name the product promises
+        args=kafka_args(None, kafka_topic), env={"TESTENGINE_KAFKA_BOOTSTRAP": kafka_bootstrap}
+    )
+    assert collector.get("/readyz").json()["sink"]["kafka"]["bootstrap"] == kafka_bootstrap
     clean_env(monkeypatch)
     monkeypatch.setenv("TESTENGINE_URL", collector.url)
     monkeypatch.setenv("TESTENGINE_SUITE", SUITE)

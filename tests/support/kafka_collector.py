@@ -46,10 +46,12 @@ FAST: Final = (
 STOPPED = re.compile(r"processor stopped: (\d+) records consumed \((\d+) new\), (\d+) malformed")
 
 
-def kafka_args(bootstrap: str, topic: str, *extra: str, partitions: int = 3) -> list[str]:
-    """Command-line flags for a Kafka-mode collector or processor of ``topic``."""
-    args = ["--kafka-bootstrap", bootstrap, "--kafka-topic", topic]
-    args += ["--kafka-partitions", str(partitions), "--kafka-group", group_of(topic)]
+def kafka_args(bootstrap: str | None, topic: str, *extra: str, partitions: int = 3) -> list[str]:
+    """Command-line flags for a Kafka-mode collector or processor of ``topic`` (no bootstrap:
+    the caller passes it in the environment)."""
+    args = ["--kafka-bootstrap", bootstrap] if bootstrap else []
+    args += ["--kafka-topic", topic, "--kafka-partitions", str(partitions)]
+    args += ["--kafka-group", group_of(topic)]
     for option in FAST:
         args += ["--kafka-option", option]
     return [*args, *extra]
