@@ -101,6 +101,7 @@ class NextRequest:
     index: int
     completed: Sequence[int]
     holding: Sequence[int]
+    take: bool = True  # False: complete and renew only, hand out no chunk
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,13 +210,15 @@ def next_chunk(
     *,
     now: float,
     lease: Callable[[float], float],
+    take: bool = True,
 ) -> tuple[list[ChunkChange], int | None, QueueAnswer]:
     """Decide one ``next`` call of shard *index*: what to write, and which chunk to hand out.
 
     *completed* chunks are marked done (idempotent, even after their lease expired); the
     *holding* chunks' leases are renewed unless another shard holds them under a lease that has
     not expired; then the first chunk (longest first) that is neither done nor under an
-    unexpired lease is leased to the asker.  A lease ending at or before *now* has expired.
+    unexpired lease is leased to the asker (unless *take* is false: a renewal only).  A lease
+    ending at or before *now* has expired.
     """
     by_id = {c.chunk_id: c for c in chunks}
     changes: list[ChunkChange] = []
@@ -233,7 +236,7 @@ def next_chunk(
             renewed[chunk_id] = now + lease(c.estimate)
             changes.append(ChunkChange(chunk_id, holder=index, lease_until=renewed[chunk_id]))
     free = None
-    for c in chunks:
+    for c in chunks if take else ():
         if c.chunk_id in done or c.chunk_id in renewed:
             continue
         if c.holder is None or c.lease_until is None or c.lease_until <= now:
@@ -413,6 +416,7 @@ class Planner:
                 request.holding,
                 now=now,
                 lease=self.lease,
+                take=request.take,
             )
 
         answer, tests = self.plans.next(plan_id, decide)

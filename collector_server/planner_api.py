@@ -77,6 +77,13 @@ def _text(obj: dict[str, Any], key: str, limit: int, default: str | None = None)
     _fail(422, "too_long", key, f"{key} is {len(value)} characters long: expected at most {limit}")
 
 
+def _boolean(obj: dict[str, Any], key: str, *, default: bool) -> bool:
+    value = obj.get(key, default)
+    if type(value) is not bool:
+        _wrong_type(key, value, "true or false")
+    return bool(value)
+
+
 def _integer(obj: dict[str, Any], key: str, low: int, high: int) -> int:
     value = obj.get(key)
     if type(value) is int and low <= value <= high:
@@ -195,6 +202,7 @@ def validate_next_request(obj: Any) -> NextRequest:
         index=_integer(obj, "index", 0, MAX_SHARDS),
         completed=_chunk_ids(obj, "completed"),
         holding=_chunk_ids(obj, "holding"),
+        take=_boolean(obj, "take", default=True),
     )
 
 

@@ -91,11 +91,12 @@ class DynamicRun:
 
     # -- the collector ----------------------------------------------------------------------
 
-    def _request(self) -> Lease:
-        """One ``next`` call: report completions, renew held leases, queue a new chunk."""
+    def _request(self, *, take: bool = True) -> Lease:
+        """One ``next`` call: report completions, renew held leases, queue a new chunk
+        (``take=False``: no new chunk, a renewal only)."""
         with self._lock:
             completed, holding = list(self._unreported), list(self._holding)
-            lease = self.client.next(self.plan_id, self.spec.index, completed, holding)
+            lease = self.client.next(self.plan_id, self.spec.index, completed, holding, take=take)
             self._last_request = self.clock()
             del self._unreported[: len(completed)]
             if lease.lease_seconds:
@@ -115,12 +116,12 @@ class DynamicRun:
             if self.fell_back:
                 return
             interval = max(0.5, self.lease_seconds / 3)
-            if self.clock() - self._last_request < interval or len(self._queue) > 1:
+            if self.clock() - self._last_request < interval:
                 continue
             if not self._holding and not self._unreported:
                 continue
             try:
-                self._request()
+                self._request(take=False)  # renew only: a chunk taken here would wait unrun
             except PlanUnavailable:
                 return  # the main loop notices at its next request
 

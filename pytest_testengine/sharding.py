@@ -331,9 +331,18 @@ class PlanClient:
         return plan_from_answer(self._post(PLANS_PATH, payload), spec, test_ids)
 
     def next(
-        self, plan_id: str, index: int, completed: Sequence[object], holding: Sequence[object]
+        self,
+        plan_id: str,
+        index: int,
+        completed: Sequence[object],
+        holding: Sequence[object],
+        *,
+        take: bool = True,
     ) -> Lease:
+        """Report completed chunks, renew held leases and (with ``take``) lease one more."""
         payload = {"index": index, "completed": list(completed), "holding": list(holding)}
+        if not take:
+            payload["take"] = False
         return lease_from_answer(self._post(f"{PLANS_PATH}/{plan_id}/next", payload))
 
 

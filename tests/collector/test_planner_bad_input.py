@@ -323,6 +323,14 @@ NEXT_CASES = [
         id="holding-bool",
     ),
     pytest.param(
+        {"index": 0, "take": "no"},
+        422,
+        "invalid_type",
+        "take",
+        "take is a string: expected true or false",
+        id="take-string",
+    ),
+    pytest.param(
         {"index": 0, "holding": [999]},
         422,
         "invalid_value",

@@ -73,10 +73,15 @@ class Queue:
         self.now = 0.0
 
     def ask(
-        self, index: int, completed: tuple[int, ...] = (), holding: tuple[int, ...] = ()
+        self,
+        index: int,
+        completed: tuple[int, ...] = (),
+        holding: tuple[int, ...] = (),
+        *,
+        take: bool = True,
     ) -> QueueAnswer:
         changes, _, answer = next_chunk(
-            self.chunks, index, completed, holding, now=self.now, lease=lease
+            self.chunks, index, completed, holding, now=self.now, lease=lease, take=take
         )
         self.chunks = applied(self.chunks, changes)
         return answer
@@ -152,6 +157,20 @@ def test_holding_renews_only_the_holders_lease() -> None:
     blocked = queue.ask(2)
     assert blocked.chunk is None
     assert blocked.retry_after == OVERDUE_POLL  # every chunk is past its estimate
+
+
+def test_a_renewal_without_take_hands_out_nothing() -> None:
+    queue = Queue(1.0, 1.0, 1.0)
+    assert queue.ask(0).chunk == 0
+    queue.now = 50.0
+    renewal = queue.ask(0, holding=(0,), take=False)
+    assert (renewal.chunk, renewal.done, renewal.remaining) == (None, False, 3)
+    assert renewal.retry_after is not None
+    assert queue.chunks[0].lease_until == 110.0  # renewed
+    assert [c.holder for c in queue.chunks] == [0, None, None]  # nothing else leased
+    finished = queue.ask(0, completed=(0,), take=False)
+    assert (finished.chunk, finished.remaining) == (None, 2)
+    assert queue.chunks[0].completed == 50.0
 
 
 def test_retry_after_follows_expected_completion_and_expiry() -> None:

@@ -317,6 +317,8 @@ class FakeCollector:
     def next(self, body: dict[str, Any]) -> dict[str, Any]:
         self.completed.update(body["completed"])
         free = [c for c in self.chunks if c not in self.completed and c not in self.leased]
+        if body.get("take", True) is False:
+            free = []  # a renewal only
         remaining = len(self.chunks) - len(self.completed)
         if free:
             self.leased[free[0]] = body["index"]
@@ -662,10 +664,12 @@ def test_dynamic_heartbeat_renews_the_leases_of_a_long_chunk_and_stops_at_the_en
     run = dynamic(fake)
     run.lease_seconds = 0.3  # the heartbeat checks every 0.2 s and renews after 0.5 s
     renewed = threading.Event()
+    heartbeats: list[dict[str, Any]] = []
     original = fake.next
 
     def watch(body: dict[str, Any]) -> dict[str, Any]:
         if threading.current_thread() is not threading.main_thread() and body["holding"]:
+            heartbeats.append(body)
             renewed.set()
         return original(body)
 
@@ -684,6 +688,8 @@ def test_dynamic_heartbeat_renews_the_leases_of_a_long_chunk_and_stops_at_the_en
     assert sorted(n for n, _ in session.runs) == sorted(IDS)
     assert run._beat is not None
     assert not run._beat.is_alive()
+    assert heartbeats
+    assert all(body["take"] is False for body in heartbeats)  # renewals only
 
 
 def test_dynamic_stops_waiting_after_a_bound_with_a_message() -> None:
