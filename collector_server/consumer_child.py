@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -208,6 +209,10 @@ def run_child(settings: CollectorSettings) -> int:
         while not stop.wait(HEARTBEAT):
             reporter.send()
 
+    # Ctrl-C in a terminal reaches the whole process group: the collector stops the child
+    # (through stdin) once it has stopped taking batches; a SIGTERM of its own stops it too
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     threading.Thread(target=watch_stdin, name="testengine-stdin", daemon=True).start()
     threading.Thread(target=heartbeat, name="testengine-heartbeat", daemon=True).start()
     code = 0
@@ -229,12 +234,17 @@ def run_child(settings: CollectorSettings) -> int:
     return code
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    config = orjson.loads(args[0])
+def settings_of(argument: str) -> CollectorSettings:
+    """The settings :meth:`ConsumerChild.command` passed as JSON."""
+    config = orjson.loads(argument)
     config["kafka_option"] = tuple((str(k), str(v)) for k, v in config["kafka_option"])
     config["data_dir"] = Path(config["data_dir"])
-    settings = CollectorSettings().replace(**config)
+    return CollectorSettings().replace(**config)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    settings = settings_of(args[0])
     logging.basicConfig(
         level=python_level(settings.log_level),
         format=f"%(asctime)s %(levelname)s %(name)s [pid {os.getpid()}] %(message)s",

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import types
+from pathlib import Path
 
 import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 
 from collector_server.consumer import check_record, decode_message
+from collector_server.consumer_child import ConsumerChild, settings_of
+from collector_server.kafka_metrics import KafkaMetrics
+from collector_server.settings import CollectorSettings
 from collector_server.sinks.kafka import Outgoing, outgoing_of
 from pytest_testengine.model import Record, Result, RunInfo, decode_record, encode_record
 
@@ -130,3 +135,52 @@ def test_malformed_values_are_named(value: bytes | None, problem: str) -> None:
 def test_a_good_value_decodes() -> None:
     assert decode_message(encode_record(RECORD)) == (RECORD, None)
     assert check_record(RECORD) is None
+
+
+def test_the_processor_child_gets_the_kafka_settings_of_serve(tmp_path: Path) -> None:
+    settings = CollectorSettings(
+        data_dir=tmp_path,
+        kafka_bootstrap="k1:9092,k2:9092",
+        kafka_topic="results",
+        kafka_option=(("security.protocol", "SSL"), ("linger.ms", "2")),
+        kafka_group="g",
+        processor_batch=100,
+        processor_linger=0.2,
+    )
+    command = ConsumerChild(settings).command()
+    assert command[1:3] == ["-m", "collector_server.consumer_child"]
+    assert settings_of(command[3]) == settings
+
+
+def test_the_processor_child_status_lines_become_metrics_and_status() -> None:
+    registry = CollectorRegistry()
+    applied: list[tuple[int, int]] = []
+    child = ConsumerChild(
+        CollectorSettings(kafka_bootstrap="k:1", kafka_group="g"),
+        metrics=KafkaMetrics(registry),
+        on_applied=lambda records, new: applied.append((records, new)),
+    )
+    lines = [
+        {"records": 0, "new": 0, "malformed": 0, "partitions": [], "lag": {}, "error": None},
+        {"records": 100, "new": 90, "malformed": 1, "partitions": [0, 2], "lag": {"0": 5, "2": 7}},
+        {"records": 150, "new": 140, "malformed": 1, "partitions": [0, 2], "lag": {"0": 0, "2": 3}},
+    ]
+    for line in lines:
+        child._update(orjson.loads(orjson.dumps(line)))
+    assert applied == [(100, 90), (50, 50)]
+    value = registry.get_sample_value
+    assert value("testengine_consumer_records_total") == 150
+    assert value("testengine_consumer_new_results_total") == 140
+    assert value("testengine_consumer_malformed_records_total") == 1
+    assert value("testengine_consumer_lag_records", {"partition": "2"}) == 3
+    assert child.status() == {
+        "running": False,
+        "kind": "kafka",
+        "group": "g",
+        "partitions": [0, 2],
+        "lag": 3,
+        "records": 150,
+        "malformed": 1,
+        "error": None,
+        "pid": None,
+    }
