@@ -91,7 +91,12 @@ def test_each_shard_runs_its_share_reports_the_plan_and_the_union_is_exact(
     assert len({prefix for _, prefix in counts}) == 1
 
     results = stored(collector, TESTS)
-    assert sorted(r["nodeid"] for r in results) == sorted(all_ids(pytester))
+    collected = all_ids(pytester)
+    assert sorted(r["nodeid"] for r in results) == sorted(collected)
+    position = {nodeid: n for n, nodeid in enumerate(collected)}
+    for run_info in collector.runs():  # each shard ran its share in collection order
+        ran_order = [position[r["nodeid"]] for r in collector.results(run_id=run_info["run_id"])]
+        assert ran_order == sorted(ran_order)
     build = collector.get(f"/v1/suites/default/builds/{BUILD}").json()
     (plan_id,) = build["plans_reported"]
     assert plan_id.startswith(counts[0][1])
