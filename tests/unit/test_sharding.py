@@ -3,7 +3,6 @@ in-test fake of the plan endpoints, the fallback decisions, dynamic runs, messag
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -640,23 +639,6 @@ def test_dynamic_waits_retry_after_while_other_shards_hold_chunks() -> None:
     run.run(session, [session.item(t) for t in IDS])  # type: ignore[arg-type]
     assert sleeps == [0.5]
     assert sorted(n for n, _ in session.runs) == sorted(set(IDS) - set(fake.chunks[0]))
-
-
-def test_every_docs_anchor_named_in_a_message_exists() -> None:
-    root = Path(__file__).resolve().parents[2]
-    named: set[tuple[str, str]] = set()
-    for module in ("sharding", "sharder", "leasing", "handoff"):
-        source = (root / "pytest_testengine" / f"{module}.py").read_text(encoding="utf-8")
-        source = source.replace("{TROUBLESHOOTING}", "docs/troubleshooting.md")
-        named.update(re.findall(r"(docs/[a-z-]+\.md)#([a-z-]+)", source))
-    assert {anchor for _, anchor in named} >= {"split-settings", "no-split-plan", "dynamic-mode"}
-    for page, anchor in sorted(named):
-        text = (root / page).read_text(encoding="utf-8")
-        slugs = {
-            re.sub(r"[^a-z0-9 -]", "", heading.lower()).replace(" ", "-")
-            for heading in re.findall(r"^#+ (.+)$", text, flags=re.MULTILINE)
-        }
-        assert f'<a id="{anchor}"></a>' in text or anchor in slugs, f"{page}#{anchor}"
 
 
 def test_dynamic_heartbeat_renews_the_leases_of_a_long_chunk_and_stops_at_the_end() -> None:
