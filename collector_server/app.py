@@ -28,8 +28,8 @@ from starlette.routing import Route
 
 from collector_server import ingest
 from collector_server.auth import Authenticator, TokenStore
-from collector_server.consumer import ConsumerThread, processor_consumer
-from collector_server.consumer_child import ConsumerChild
+from collector_server.consumer import processor_consumer
+from collector_server.consumer_child import ConsumerChild, ConsumerThread
 from collector_server.errors import IngestError, RequestError
 from collector_server.kafka_metrics import KafkaMetrics
 from collector_server.metrics import CONTENT_TYPE, Metrics

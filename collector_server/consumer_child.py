@@ -1,10 +1,12 @@
-"""The Kafka processor of ``serve`` in a child process, so ingest and processing use two cores.
+"""The Kafka processor of ``serve``: in a child process (default), so ingest and processing
+use two cores, or in a thread of the collector.
 
+:class:`ConsumerThread` runs a :class:`~collector_server.consumer.ResultConsumer` in a thread.
 :class:`ConsumerChild` (in the collector) starts ``python -m collector_server.consumer_child``
-and stands in for a :class:`~collector_server.consumer.ConsumerThread`: same ``start``,
-``stop``, ``running``, ``lag`` and ``status``.  The child is a consumer group member like
-``testengine-collector process``: it writes the SQLite store of the collector's data directory
-(shared through SQLite's locking) and commits offsets after each store write.
+and stands in for it: same ``start``, ``stop``, ``running``, ``lag`` and ``status``.  The
+child is a consumer group member like ``testengine-collector process``: it writes the SQLite
+store of the collector's data directory (shared through SQLite's locking) and commits offsets
+after each store write.
 
 Pipes, one line per message:
 
@@ -53,6 +55,65 @@ CHILD_SETTINGS: Final = (
     "processor_batch",
     "processor_linger",
 )
+
+
+class ConsumerThread:
+    """A :class:`ResultConsumer` run in a daemon thread (the processor inside ``serve``).
+
+    ``start()`` returns at once (joining the group and creating topics happen in the thread);
+    ``stop()`` makes the consumer commit what it stored and leave the group.
+    """
+
+    def __init__(self, consumer: ResultConsumer) -> None:
+        self.consumer = consumer
+        self.error: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="testengine-consumer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.consumer.start()
+            self.consumer.run(self._stop)
+        except Exception as exc:
+            self.error = f"{type(exc).__name__}: {exc}"
+            log.exception("[testengine] the Kafka processor stopped")
+        finally:
+            try:
+                self.consumer.close()
+            except Exception:
+                log.exception("[testengine] closing the Kafka consumer failed")
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def lag(self) -> int:
+        return sum(self.consumer.stats.lag.values())
+
+    def status(self) -> dict[str, object]:
+        stats = self.consumer.stats
+        return {
+            "running": self.running,
+            "kind": "kafka",
+            "group": self.consumer.group,
+            "partitions": list(stats.assigned),
+            "lag": self.lag,
+            "records": stats.records,
+            "malformed": stats.malformed,
+            "error": self.error,
+        }
 
 
 class ConsumerChild:

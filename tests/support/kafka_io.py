@@ -11,7 +11,7 @@ from confluent_kafka import Consumer, Message, Producer
 
 from collector_server.consumer import ConsumerStats, ResultConsumer
 from collector_server.kafka_admin import client_config, ensure_topic
-from collector_server.sinks.kafka import Outgoing
+from collector_server.kafka_records import Outgoing
 from pytest_testengine.model import Record, Result, RunInfo, new_id
 
 

@@ -15,8 +15,8 @@ from prometheus_client import CollectorRegistry
 from collector_server.consumer import check_record, decode_message
 from collector_server.consumer_child import ConsumerChild, settings_of
 from collector_server.kafka_metrics import KafkaMetrics
+from collector_server.kafka_records import Outgoing, outgoing_of
 from collector_server.settings import CollectorSettings
-from collector_server.sinks.kafka import Outgoing, outgoing_of
 from pytest_testengine.model import Record, Result, RunInfo, decode_record, encode_record
 
 RUN = RunInfo(run_id="r1", suite="unit")
