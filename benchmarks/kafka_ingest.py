@@ -44,9 +44,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness
 import loadgen
 
-from collector_server.auth import DEFAULT_TENANT
-from collector_server.store.sqlite import STORE_FILE, SqliteStore
 from tests.support.kafka import BrokerControl, load_broker_script
+from tests.support.kafka_collector import store_count
+from tests.support.kafka_io import wait_until
 
 BATCH = 500
 CLIENTS = (1, 8, 32)
@@ -102,13 +102,9 @@ def kafka_env(bootstrap: str, topic: str, *, processor: bool = False) -> dict[st
     }
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> float:
-    start = time.perf_counter()
-    while not condition():
-        if time.perf_counter() - start > timeout:
-            raise RuntimeError(f"{what} after {timeout} s")
-        time.sleep(0.02)
-    return time.perf_counter() - start
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = CATCH_UP_TIMEOUT) -> None:
+    if not wait_until(condition, timeout):
+        raise RuntimeError(f"{what} after {timeout} s")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -144,11 +140,7 @@ def ingest_round(
         )
         cpu_used.append((cpu_seconds(collector.proc.pid) - before) / max(load.results, 1))
         if sink != "kafka":  # let its processor finish before the next round (not timed)
-            wait_until(
-                lambda: stored_in(collector) >= load.results,
-                CATCH_UP_TIMEOUT,
-                "processor still behind",
-            )
+            wait_for(lambda: stored_in(collector) >= load.results, "processor still behind")
     if load.rejected:
         raise RuntimeError(f"{load.rejected} batches rejected by the {sink} collector")
     return load.rate, load.latencies
@@ -227,20 +219,6 @@ def progress(clients: int, message: str) -> None:
 # -- processor
 
 
-def stored(data_dir: Path) -> int:
-    if not (data_dir / STORE_FILE).exists():
-        return 0
-    store = SqliteStore(data_dir / STORE_FILE).open()
-    try:
-        return sum(
-            int(s["results"])
-            for s in store.suites(DEFAULT_TENANT, limit=100).items
-            if s["suite"] == SUITE
-        )
-    finally:
-        store.close()
-
-
 def process_round(bootstrap: str, topic: str, expected: int) -> float:
     """Results/s of one ``process`` from its start until ``expected`` results are stored."""
     with harness.workdir("kafka-process") as tmp:
@@ -270,7 +248,7 @@ def process_round(bootstrap: str, topic: str, expected: int) -> float:
             stderr=subprocess.DEVNULL,
         )
         try:
-            wait_until(lambda: stored(data) >= expected, CATCH_UP_TIMEOUT, "processor behind")
+            wait_for(lambda: store_count(data, SUITE) >= expected, "processor behind")
             seconds = time.perf_counter() - start
         finally:
             proc.terminate()
