@@ -157,12 +157,11 @@ class ConsumerChild:
         self._reader.start()
 
     def _read(self, stream: IO[bytes]) -> None:
-        for line in stream:
-            try:
-                message: dict[str, Any] = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                continue
-            self._update(message)
+        """Status lines until the child exits (then the pipe is closed here)."""
+        with stream:
+            for line in stream:
+                with contextlib.suppress(orjson.JSONDecodeError):
+                    self._update(orjson.loads(line))
 
     def _update(self, message: dict[str, Any]) -> None:
         before = self.totals
@@ -186,21 +185,18 @@ class ConsumerChild:
         proc, self._proc = self._proc, None
         if proc is None:
             return
-        assert proc.stdin is not None
-        with contextlib.suppress(OSError, ValueError):
-            proc.stdin.write(b"S\n")
-            proc.stdin.close()
-        try:
+        if proc.stdin is not None:
+            with contextlib.suppress(OSError, ValueError), proc.stdin:
+                proc.stdin.write(b"S\n")
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout)
-        except subprocess.TimeoutExpired:
+        if proc.poll() is None:
             log.warning("[testengine] the Kafka processor process did not stop in %g s", timeout)
             proc.kill()
             proc.wait()
-        if self._reader is not None:
-            self._reader.join(timeout)
-            self._reader = None
-        if proc.stdout is not None:
-            proc.stdout.close()
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.join(timeout)
 
     @property
     def running(self) -> bool:
