@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    python benchmarks/end_of_run.py            # 5,000 tests
+    python benchmarks/end_of_run.py            # 2,000 tests
     python benchmarks/end_of_run.py --quick    # tiny sizes (a smoke run)
 
 A conftest in the generated suite notes ``time.time()`` when each test finishes
@@ -114,8 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=None, help="measured rounds")
     parser.add_argument("--size", type=int, default=None, help="tests in the suite")
     args = parser.parse_args(argv)
-    size = args.size or (200 if args.quick else 5000)
-    rounds = args.rounds or (1 if args.quick else 5)
+    size = args.size or (200 if args.quick else 2000)
+    rounds = args.rounds or (1 if args.quick else 4)
     if args.quick:  # a short flush deadline keeps the smoke run short
         print(measure(size, rounds, warmup=0, deadline=1.0))
     else:

@@ -27,6 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds: every collector and server here is stopped
+
+
+signal.signal(signal.SIGTERM, _exit_on_sigterm)
 READY_TIMEOUT = 30.0  # seconds for a collector to answer /readyz
 STOP_TIMEOUT = 15.0
 

@@ -19,6 +19,8 @@ warm-up round, every one with the same base flags (``-q -p no:cacheprovider``):
   (``BUILDKITE_ANALYTICS_API_URL``, ``BUILDKITE_ANALYTICS_TOKEN``).
 
 With ``-n 2`` (pytest-xdist) the same comparison runs for plain pytest and ``--testengine``.
+The other tools run at the smallest size only (``--all``: at every size; it doubles the run
+time), ``--testengine`` and ``--testengine-output`` at every size.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ def candidates(
     sink_url: str,
     xdist: bool,
     cpu: dict[str, list[float]] | None = None,
+    tools: bool = True,
 ) -> dict[str, Callable[[], float]]:
     """The candidates' runs: each returns its wall time (and adds its CPU time to ``cpu``)."""
     cpu = {} if cpu is None else cpu
@@ -78,13 +81,13 @@ def candidates(
     }
     if xdist:
         return found
+    found["--testengine-output file"] = run(
+        "--testengine-output file", (*no_bk, "--testengine-output", str(out / "te.jsonl")), env
+    )
+    if not tools:
+        return found
     found.update(
         {
-            "--testengine-output file": run(
-                "--testengine-output file",
-                (*no_bk, "--testengine-output", str(out / "te.jsonl")),
-                env,
-            ),
             "--junitxml": run(
                 "--junitxml", (*no_bk, *no_te, "--junitxml", str(out / "junit.xml")), env
             ),
@@ -111,10 +114,15 @@ def missing() -> list[str]:
 
 
 def measure(
-    sizes: tuple[int, ...], rounds: int | None, xdist_sizes: tuple[int, ...], warmup: int = 1
+    sizes: tuple[int, ...],
+    rounds: int | None,
+    xdist_sizes: tuple[int, ...],
+    warmup: int = 1,
+    tool_sizes: tuple[int, ...] | None = None,
 ) -> str:
     """One table per size (and per xdist size); the first comparison gets ``warmup`` rounds
-    (the machine is warm for the next ones).  ``rounds`` None: 5 up to 5,000 tests, else 3."""
+    (the machine is warm for the next ones).  ``rounds`` None: 5 up to 5,000 tests, else 3.
+    The other tools run at ``tool_sizes`` (None: every size)."""
     sections: list[str] = []
     counts: dict[int, int] = {}
     with (
@@ -131,7 +139,15 @@ def measure(
                 out.mkdir(exist_ok=True)
                 cpu: dict[str, list[float]] = {}
                 found = harness.alternate(
-                    candidates(suite, out, collector.url, sink.url, xdist, cpu),
+                    candidates(
+                        suite,
+                        out,
+                        collector.url,
+                        sink.url,
+                        xdist,
+                        cpu,
+                        tools=tool_sizes is None or size in tool_sizes,
+                    ),
                     rounds=rounds or (5 if size <= 5000 else 3),
                     warmup=warmup if not sections else 0,
                     progress=harness.log,
@@ -190,11 +206,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run)")
     parser.add_argument("--rounds", type=int, default=None, help="measured rounds")
     parser.add_argument("--sizes", type=int, nargs="*", default=None, help="suite sizes")
+    parser.add_argument("--all", action="store_true", help="the other tools at every size")
     args = parser.parse_args(argv)
     sizes = tuple(args.sizes or ((200,) if args.quick else (5000, 20000)))
     rounds = args.rounds or (1 if args.quick else None)
     xdist_sizes = sizes[-1:]
-    print(measure(sizes, rounds, xdist_sizes, warmup=0 if args.quick else 1))
+    tools_at = None if args.all else sizes[:1]
+    print(measure(sizes, rounds, xdist_sizes, warmup=0 if args.quick else 1, tool_sizes=tools_at))
     return 0
 
 

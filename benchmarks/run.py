@@ -8,13 +8,14 @@ Run from the repository root (``tox -e bench`` runs this)::
     python benchmarks/run.py --skip kafka_ingest
 
 Each script also runs alone (``python benchmarks/<name>.py [--quick]``).  The machine, its load
-average before and after, and each script's time are printed with the tables; a script that
-fails is reported with the end of its error output, and the exit status is then 1.
+average and each script's time are printed with the tables (progress and errors go to stderr);
+a script that fails is named, and the exit status is then 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import subprocess
 import sys
 import time
@@ -24,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import harness
 
+signal.signal(signal.SIGTERM, harness._exit_on_sigterm)  # stop the running script first
 HERE = Path(__file__).resolve().parent
 
 #: (script, arguments of a full run); a quick run passes --quick unless QUICK_ARGS says
@@ -43,20 +45,26 @@ QUICK_ARGS = {"split_quality": ("--markdown", "--seeds", "1")}
 TIMEOUT = 3600.0  # seconds per script
 
 
-def run_script(name: str, args: tuple[str, ...]) -> tuple[int, str, str, float]:
+def run_script(name: str, args: tuple[str, ...]) -> tuple[int, str, float]:
+    """Run one script: its tables (stdout) are returned, its progress (stderr) goes to ours.
+    Interrupted or out of time, the script gets SIGTERM so that it stops what it started."""
     start = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, str(HERE / f"{name}.py"), *args],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=HERE.parent,
+    )
     try:
-        done = subprocess.run(
-            [sys.executable, str(HERE / f"{name}.py"), *args],
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT,
-            cwd=HERE.parent,
-        )
-        code, out, err = done.returncode, done.stdout, done.stderr
-    except subprocess.TimeoutExpired as exc:
-        code, out, err = -1, str(exc.stdout or ""), f"timed out after {TIMEOUT:g} s"
-    return code, out, err, time.perf_counter() - start
+        out, _ = proc.communicate(timeout=TIMEOUT)
+    except BaseException:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        raise
+    return proc.returncode, out, time.perf_counter() - start
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,12 +88,11 @@ def main(argv: list[str] | None = None) -> int:
             continue
         script_args = QUICK_ARGS.get(name, ("--quick",)) if args.quick else full_args
         print(f"## {name}\n", flush=True)
-        code, out, err, seconds = run_script(name, script_args)
+        code, out, seconds = run_script(name, script_args)
         print(out.rstrip() + "\n")
         if code != 0:
             failed.append(name)
-            tail = "\n".join(err.rstrip().splitlines()[-15:])
-            print(f"**{name} failed (exit status {code})**:\n\n```\n{tail}\n```\n")
+            print(f"**{name} failed (exit status {code})**: see its error output above\n")
         print(f"_{name}: {seconds:.0f} s, load average after {harness.load()}_\n", flush=True)
     if failed:
         print(f"Failed: {', '.join(failed)}")

@@ -75,10 +75,11 @@ class Batcher:
     def __len__(self) -> int:
         return len(self._items)
 
-    def add(self, item: Any) -> list[Any] | None:
-        """Add one item; return a full batch when this one completes it."""
+    def add(self, item: Any, since: float | None = None) -> list[Any] | None:
+        """Add one item (waiting since ``since``, default now); return a full batch when this
+        one completes it."""
         if not self._items:
-            self._since = self.clock.now()
+            self._since = self.clock.now() if since is None else since
         self._items.append(item)
         return self.take() if len(self._items) >= self.size else None
 
@@ -203,6 +204,7 @@ class Sender:
         self._output = output
         self._head = b'{"schema":%d,"run":%s,"results":' % (SCHEMA_VERSION, orjson.dumps(run))
         self._pending: deque[dict[str, Any]] = deque()
+        self._oldest = 0.0  # when the oldest result in _pending was submitted (about)
         self._batcher = Batcher(policy.batch_size, policy.batch_age, self.clock)
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -229,6 +231,8 @@ class Sender:
         """Queue one result (cheap: called from the pytest hooks)."""
         self.summary.submitted += 1
         pending = self._pending
+        if not pending:  # its age counts from now, not from when the thread picks it up
+            self._oldest = self.clock.now()
         pending.append(result)
         if len(pending) >= self.policy.batch_size:
             if len(pending) >= self.policy.queue_size:
@@ -272,6 +276,8 @@ class Sender:
                     self._ship(batch)
                     continue
                 wait = self._batcher.wait_time()
+                if wait is None and self._pending:  # submitted since the drain
+                    wait = max(0.0, self._oldest + self.policy.batch_age - self.clock.now())
                 self._wake.wait(self.policy.batch_age if wait is None else wait)
                 self._wake.clear()
             self._drain()
@@ -283,12 +289,16 @@ class Sender:
 
     def _drain(self) -> None:
         pending, add = self._pending, self._batcher.add
+        # a batch started here is as old as the oldest result waiting (submit() noted when it
+        # came); a batch started after a full one counts from now
+        since = min(self._oldest, self.clock.now()) if not self._batcher and pending else None
         while pending:
             try:
                 item = pending.popleft()
             except IndexError:  # taken by a spill meanwhile
                 return
-            full = add(item)
+            full = add(item, since)
+            since = None
             if full:
                 self._ship(full)
 
