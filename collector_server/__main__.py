@@ -29,6 +29,7 @@ from typing import IO, NoReturn
 from collector_server.auth import TokenStore
 from collector_server.errors import CollectorError
 from collector_server.settings import (
+    PROCESS_SETTINGS,
     CollectorSettings,
     add_arguments,
     env_of,
@@ -38,20 +39,6 @@ from collector_server.settings import (
 
 LOCK_FILE = "collector.lock"
 STARTUP_POLL = 0.02  # seconds between checks that the server has bound its socket
-
-
-#: The settings of ``process`` (a processor has no HTTP side and no sink).
-PROCESS_SETTINGS = (
-    "data_dir",
-    "log_level",
-    "kafka_bootstrap",
-    "kafka_topic",
-    "kafka_partitions",
-    "kafka_option",
-    "kafka_group",
-    "processor_batch",
-    "processor_linger",
-)
 
 
 class OneLineParser(argparse.ArgumentParser):

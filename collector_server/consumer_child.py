@@ -36,25 +36,13 @@ import orjson
 
 from collector_server.consumer import ConsumerError, ResultConsumer, processor_consumer
 from collector_server.kafka_metrics import KafkaMetrics
-from collector_server.settings import CollectorSettings, python_level
+from collector_server.settings import PROCESS_SETTINGS, CollectorSettings, python_level
 from collector_server.store.sqlite import STORE_FILE, SqliteStore
 
 log = logging.getLogger("testengine.collector.consumer")
 
 STOP_TIMEOUT: Final = 30.0
 HEARTBEAT: Final = 1.0  # seconds between status lines when nothing is consumed
-#: The settings the child needs, passed as one JSON argument.
-CHILD_SETTINGS: Final = (
-    "data_dir",
-    "log_level",
-    "kafka_bootstrap",
-    "kafka_topic",
-    "kafka_partitions",
-    "kafka_option",
-    "kafka_group",
-    "processor_batch",
-    "processor_linger",
-)
 
 
 class ConsumerThread:
@@ -137,7 +125,9 @@ class ConsumerChild:
         self._reader: threading.Thread | None = None
 
     def command(self) -> list[str]:
-        config = {name: getattr(self.settings, name) for name in CHILD_SETTINGS}
+        config = {
+            name: getattr(self.settings, name) for name in PROCESS_SETTINGS
+        }  # passed as one JSON argument
         config["data_dir"] = str(self.settings.data_dir)
         return [
             sys.executable,

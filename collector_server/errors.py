@@ -51,3 +51,16 @@ class IngestError(RequestError):
     """An invalid batch; ``results`` is how many results it held, when that is known."""
 
     results: int | None = None
+
+
+def type_name(value: object) -> str:
+    """How an error message names a JSON value's type: \"an object\", \"null\", ..."""
+    return {
+        dict: "an object",
+        list: "an array",
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "a boolean",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)

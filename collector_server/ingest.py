@@ -15,7 +15,7 @@ from typing import Any, Final, NoReturn
 
 import orjson
 
-from collector_server.errors import IngestError
+from collector_server.errors import IngestError, type_name
 from collector_server.settings import CollectorSettings
 from pytest_testengine.model import (
     OUTCOMES,
@@ -216,20 +216,8 @@ def _fail(code: str, where: str, message: str) -> NoReturn:
     raise IngestError(422, code, f"[testengine] {message}", where)
 
 
-def _type_name(value: object) -> str:
-    return {
-        dict: "an object",
-        list: "an array",
-        str: "a string",
-        int: "an integer",
-        float: "a number",
-        bool: "a boolean",
-        type(None): "null",
-    }.get(type(value), type(value).__name__)
-
-
 def _wrong_type(where: str, value: object, expected: str) -> NoReturn:
-    _fail("invalid_type", where, f"{where} is {_type_name(value)}: expected {expected}")
+    _fail("invalid_type", where, f"{where} is {type_name(value)}: expected {expected}")
 
 
 def _text(obj: dict[str, Any], key: str, where: str, limit: int, required: bool) -> str:
@@ -531,7 +519,7 @@ def _batch_results(obj: Any, limits: Limits) -> list[Any]:
         raise IngestError(
             422,
             "invalid_type",
-            f"[testengine] body is {_type_name(obj)}: expected a batch object "
+            f"[testengine] body is {type_name(obj)}: expected a batch object "
             '{"schema": 1, "run": {...}, "results": [...]}',
             None,
         )

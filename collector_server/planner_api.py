@@ -20,7 +20,7 @@ from starlette.responses import Response
 
 from collector_server import ingest
 from collector_server.auth import Authenticator
-from collector_server.errors import RequestError
+from collector_server.errors import RequestError, type_name
 from collector_server.planner import MODES, NextRequest, Planner, PlanRequest
 from collector_server.settings import CollectorSettings
 from pytest_testengine.splitting import SPLIT_BY
@@ -42,20 +42,8 @@ def _show(value: object) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _type_name(value: object) -> str:
-    return {
-        dict: "an object",
-        list: "an array",
-        str: "a string",
-        int: "an integer",
-        float: "a number",
-        bool: "a boolean",
-        type(None): "null",
-    }.get(type(value), type(value).__name__)
-
-
 def _wrong_type(field: str, value: object, expected: str) -> NoReturn:
-    _fail(422, "invalid_type", field, f"{field} is {_type_name(value)}: expected {expected}")
+    _fail(422, "invalid_type", field, f"{field} is {type_name(value)}: expected {expected}")
 
 
 def _missing(field: str, expected: str) -> NoReturn:
@@ -114,7 +102,7 @@ def _choice(obj: dict[str, Any], key: str, allowed: tuple[str, ...]) -> Any:
 
 def _object(obj: Any) -> dict[str, Any]:
     if type(obj) is not dict:
-        _fail(422, "invalid_type", None, f"the body is {_type_name(obj)}: expected an object")
+        _fail(422, "invalid_type", None, f"the body is {type_name(obj)}: expected an object")
     return obj
 
 

@@ -346,6 +346,21 @@ def resolve(
     return CollectorSettings(**values)
 
 
+#: The settings of a Kafka processor (``process``, and serve's processor child): no HTTP
+#: side, no sink.
+PROCESS_SETTINGS: Final = (
+    "data_dir",
+    "log_level",
+    "kafka_bootstrap",
+    "kafka_topic",
+    "kafka_partitions",
+    "kafka_option",
+    "kafka_group",
+    "processor_batch",
+    "processor_linger",
+)
+
+
 def markdown_table() -> str:
     """The settings as a Markdown table (docs/collector-api.md holds a copy; a test compares)."""
     lines = ["| Flag | Environment | Default | Meaning |", "| --- | --- | --- | --- |"]
