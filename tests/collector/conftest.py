@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio.to_thread
@@ -12,7 +13,10 @@ import pytest
 from starlette.applications import Starlette
 
 from collector_server.app import Collector, create_app
+from collector_server.planner import Planner
 from collector_server.settings import CollectorSettings
+from collector_server.store.plans import PlanStore
+from collector_server.store.sqlite import SqliteStore
 
 
 @pytest.fixture
@@ -55,3 +59,26 @@ async def caught_up(app: Starlette, timeout: float = 10.0) -> None:
     processor = collector_of(app).parts.processor
     assert processor is not None
     assert await anyio.to_thread.run_sync(processor.wait_caught_up, timeout), "processor behind"
+
+
+@dataclass
+class Clock:
+    """An injected clock the test moves by hand."""
+
+    now: float = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@contextlib.contextmanager
+def open_planner(settings: CollectorSettings, clock: Clock) -> Iterator[Planner]:
+    """A planner on real SQLite files in ``settings.data_dir``, closed afterwards."""
+    store = SqliteStore(settings.data_dir / "store.db").open()
+    planner = Planner(settings, PlanStore(settings.data_dir / "plans.db"), store, clock=clock)
+    planner.open()
+    try:
+        yield planner
+    finally:
+        planner.close()
+        store.close()

@@ -11,37 +11,21 @@ import pytest
 
 from collector_server.planner import PRUNE_INTERVAL, NextRequest, Planner, PlanRequest
 from collector_server.settings import CollectorSettings, resolve
-from collector_server.store.plans import PlanStore
-from collector_server.store.sqlite import SqliteStore
+from tests.collector.conftest import Clock, open_planner
 
 DAY = 86_400.0
 TESTS = [f"tests/test_a.py::test_{i}" for i in range(12)]
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(1_000_000.0)
 
 
 @pytest.fixture
 def planner(tmp_path: Path, clock: Clock) -> Iterator[Planner]:
-    settings = CollectorSettings(data_dir=tmp_path, plan_retention=7 * DAY)
-    store = SqliteStore(tmp_path / "store.db").open()
-    made = Planner(settings, PlanStore(tmp_path / "plans.db"), store, clock=clock)
-    made.open()
-    try:
+    with open_planner(CollectorSettings(data_dir=tmp_path, plan_retention=7 * DAY), clock) as made:
         yield made
-    finally:
-        made.close()
-        store.close()
 
 
 def ask(planner: Planner, build: str, mode: str = "static") -> dict[str, Any]:
@@ -73,10 +57,7 @@ def test_plans_past_retention_go_with_their_queues_younger_ones_stay(
 
 def test_pruning_runs_at_most_once_an_interval(tmp_path: Path, clock: Clock) -> None:
     settings = CollectorSettings(data_dir=tmp_path, plan_retention=60.0)
-    store = SqliteStore(tmp_path / "store.db").open()
-    planner = Planner(settings, PlanStore(tmp_path / "plans.db"), store, clock=clock)
-    planner.open()
-    try:
+    with open_planner(settings, clock) as planner:
         ask(planner, "b-1")
         clock.now += PRUNE_INTERVAL  # the planner pruned when it opened
         assert planner.prune() == 1
@@ -85,9 +66,6 @@ def test_pruning_runs_at_most_once_an_interval(tmp_path: Path, clock: Clock) -> 
         assert planner.prune() == 0  # past retention, but pruned less than an interval ago
         clock.now += PRUNE_INTERVAL
         assert planner.prune() == 1
-    finally:
-        planner.close()
-        store.close()
 
 
 def test_retention_is_a_setting() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,17 +26,9 @@ from collector_server.planner import (
     plan_id_of,
 )
 from collector_server.settings import CollectorSettings
-from collector_server.store.plans import ChunkChange, ChunkRow, PlanStore
-from collector_server.store.sqlite import SqliteStore
+from collector_server.store.plans import ChunkChange, ChunkRow
 from pytest_testengine.splitting import test_set_hash
-
-
-@dataclass
-class Clock:
-    now: float = 1_000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.collector.conftest import Clock, open_planner
 
 
 def lease(estimate: float) -> float:
@@ -223,14 +215,8 @@ def clock() -> Clock:
 @pytest.fixture
 def planner(tmp_path: Path, clock: Clock) -> Iterator[Planner]:
     settings = CollectorSettings(data_dir=tmp_path, lease_seconds=10.0, lease_margin=1.0)
-    store = SqliteStore(tmp_path / "store.db").open()
-    made = Planner(settings, PlanStore(tmp_path / "plans.db"), store, clock=clock)
-    made.open()
-    try:
+    with open_planner(settings, clock) as made:
         yield made
-    finally:
-        made.close()
-        store.close()
 
 
 def dynamic_plan(planner: Planner, tests: list[str], total: int = 3) -> dict[str, Any]:
