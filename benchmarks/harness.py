@@ -185,6 +185,15 @@ def run_measured(
     return Run(wall, int(usage.ru_maxrss), proc.returncode, ended, cpu)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a running process (all its threads), from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def bench_env(**extra: str) -> dict[str, str]:
     """The environment of measured pytest runs: nothing from the caller's TESTENGINE_*,
     BUILDKITE_* or CI settings."""

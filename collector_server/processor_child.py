@@ -17,6 +17,9 @@ Pipes, one line per message:
   "error": ...}`` after every store commit and once a second; the collector uses them for
   ``/readyz``, ``/metrics`` and to let the log drop applied entries.
 
+A child that dies (killed, out of memory) is started again after ``RESTART_WAIT`` seconds; it
+resumes from the offset committed in the store.
+
 Durability is the in-process processor's: a batch is answered 202 once the log is fsynced; the
 child commits the offset of the last applied entry in the same store transaction as the
 records; entries are deleted from the log only after the child reported them applied.  Wake
@@ -48,6 +51,7 @@ log = logging.getLogger("testengine.collector.processor")
 START_TIMEOUT: Final = 60.0  # seconds for the child to report its starting offset
 STOP_TIMEOUT: Final = 30.0
 HEARTBEAT: Final = 1.0  # seconds between status lines when nothing is applied
+RESTART_WAIT: Final = 1.0  # seconds before a processor process that died is started again
 
 
 class ChildProcessor:
@@ -72,8 +76,10 @@ class ChildProcessor:
         self._proc: subprocess.Popen[bytes] | None = None
         self._reader: threading.Thread | None = None
         self._started = threading.Event()
+        self._stopping = threading.Event()
         self._progress = threading.Condition()
         self._write_lock = threading.Lock()
+        self.restarts = 0
 
     def command(self) -> list[str]:
         return [
@@ -86,20 +92,46 @@ class ChildProcessor:
             repr(self.linger),
         ]
 
-    def start(self) -> None:
-        self._proc = subprocess.Popen(
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
             self.command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True
         )
-        assert self._proc.stdin is not None
-        assert self._proc.stdout is not None
-        os.set_blocking(self._proc.stdin.fileno(), False)  # never block the log writer
-        self._reader = threading.Thread(
-            target=self._read, args=(self._proc.stdout,), name="testengine-processor-status"
-        )
+        assert proc.stdin is not None
+        os.set_blocking(proc.stdin.fileno(), False)  # never block the log writer
+        return proc
+
+    def start(self) -> None:
+        self._stopping.clear()
+        self._proc = self._spawn()
+        self._reader = threading.Thread(target=self._supervise, name="testengine-processor-status")
         self._reader.start()
         if not self._started.wait(START_TIMEOUT):
             self.error = f"the processor process did not start in {START_TIMEOUT:g} s"
             log.error("[testengine] %s", self.error)
+
+    def _supervise(self) -> None:
+        """Follow the child's status lines; when it dies (not asked to stop), start another
+        one after RESTART_WAIT seconds: it resumes from the offset committed in the store."""
+        while True:
+            proc = self._proc
+            if proc is None or proc.stdout is None:
+                return
+            self._read(proc.stdout)
+            status = proc.wait()
+            if self._stopping.is_set():
+                return
+            self.error = f"the processor process exited with status {status}; restarting it"
+            log.error("[testengine] %s", self.error)
+            if self._stopping.wait(RESTART_WAIT):
+                return
+            with self._write_lock:
+                if self._stopping.is_set():
+                    return
+                for stream in (proc.stdin, proc.stdout):
+                    if stream is not None:
+                        stream.close()
+                self._proc = self._spawn()
+                self.restarts += 1
 
     def _read(self, stream: IO[bytes]) -> None:
         for line in stream:
@@ -137,15 +169,16 @@ class ChildProcessor:
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """Ask the child to apply what is left and exit; kill it after ``timeout``."""
-        proc, self._proc = self._proc, None
+        self._stopping.set()
+        with self._write_lock:
+            proc, self._proc = self._proc, None
         if proc is None:
             return
         assert proc.stdin is not None
-        with self._write_lock:
-            with contextlib.suppress(OSError, ValueError):
-                os.set_blocking(proc.stdin.fileno(), True)
-                os.write(proc.stdin.fileno(), b"S\n")
-            proc.stdin.close()
+        with contextlib.suppress(OSError, ValueError):
+            os.set_blocking(proc.stdin.fileno(), True)
+            os.write(proc.stdin.fileno(), b"S\n")
+        proc.stdin.close()
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -174,6 +207,7 @@ class ChildProcessor:
             "lag": self.lag,
             "error": self.error,
             "pid": proc.pid if proc is not None else None,
+            "restarts": self.restarts,
         }
 
     def wait_caught_up(self, timeout: float) -> bool:

@@ -20,7 +20,7 @@ TABLES = {
     "plugin_overhead": "| candidate | wall time | overhead vs plain | µs per test |",
     "plugin_memory": "| tests | plain pytest | --testengine | difference |",
     "end_of_run": "| candidate | last test to exit | beyond plain pytest |",
-    "collector_ingest": "| concurrent clients | accepted results/s |",
+    "collector_ingest": "| clients | collector | accepted results/s |",
     "processor_throughput": "| path | results/s |",
     "freshness": "| tests x runs | per test | results seen | p50 | p95 | max |",
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 
 from tests.collector.batches import batch
@@ -54,6 +55,22 @@ def test_processor_runs_in_its_own_process_and_exits_with_a_killed_collector(
     collector.start()  # the next collector starts its own processor and reads the same store
     assert len(collector.results("child")) == 10
     assert processor_pid(collector) != pid
+
+
+def test_a_killed_processor_is_started_again_and_catches_up(
+    collector: CollectorProcess,
+) -> None:
+    pid = processor_pid(collector)
+    os.kill(pid, signal.SIGKILL)
+    assert wait_gone(pid, EXIT_TIMEOUT)
+    # accepted meanwhile: durable in the log, applied by the next processor process
+    assert collector.post_batch(batch(8, suite="again")).status_code == 202
+    stored = collector.wait_for_results(8, suite="again", timeout=30.0)
+    assert len(stored) == 8
+    ready = collector.get("/readyz").json()
+    assert ready["processor"]["restarts"] == 1
+    assert ready["processor"]["pid"] != pid
+    assert "processor process exited with status -9; restarting it" in collector.output()
 
 
 def test_graceful_stop_stops_the_processor(collector: CollectorProcess) -> None:
