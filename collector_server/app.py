@@ -232,8 +232,11 @@ class Collector:
             gzipped = ingest.is_gzip(headers.get("content-encoding"))
             body = await self._read_body(request)
             sink = self.parts.sink
-            # the local log without an in-process processor stores checked bodies as they are
-            bodies = isinstance(sink, LocalLogSink) and sink.takes_bodies
+            # the local log without an in-process processor stores checked bodies as they are;
+            # Kafka encodes checked results as they are
+            bodies = isinstance(sink, KafkaSink) or (
+                isinstance(sink, LocalLogSink) and sink.takes_bodies
+            )
             if len(body) > INLINE_BODY:
                 batch = await run_in_threadpool(self._decode, body, gzipped, bodies)
             else:
@@ -242,6 +245,8 @@ class Collector:
                 accepted = batch.count
                 if accepted and isinstance(sink, LocalLogSink):
                     await sink.publish_body(tenant, batch.run, batch.body)
+                elif accepted and isinstance(sink, KafkaSink):
+                    await sink.publish_checked(tenant, batch.run, batch.results)
             else:
                 accepted = len(batch.results)
                 if accepted:

@@ -481,6 +481,9 @@ class Checked:
     run: RunInfo
     body: bytes
     count: int
+    #: The parsed results, each exactly the wire format's fields (a sink may encode them as
+    #: they are, e.g. one Kafka record each).
+    results: list[dict[str, Any]]
 
 
 def check_batch(obj: Any, body: bytes, limits: Limits) -> Batch | Checked:
@@ -498,7 +501,7 @@ def check_batch(obj: Any, body: bytes, limits: Limits) -> Batch | Checked:
             and ok(r, limits)
         ):
             return _validated(obj, results, limits)
-    return Checked(validate_run(obj.get("run"), limits), body, len(results))
+    return Checked(validate_run(obj.get("run"), limits), body, len(results), results)
 
 
 def validate_batch(obj: Any, limits: Limits) -> Batch:

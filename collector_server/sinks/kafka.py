@@ -36,12 +36,13 @@ from collector_server.kafka_admin import (
     error_name,
 )
 from collector_server.kafka_metrics import KafkaMetrics
-from collector_server.kafka_records import Outgoing, headers_of, outgoing_of
+from collector_server.kafka_records import Outgoing, headers_of, outgoing_of, outgoing_of_checked
 from collector_server.settings import CollectorSettings
 from collector_server.sinks import SinkUnavailable
 from collector_server.sinks.wal import WalError, WalFull, WriteAheadLog
 from pytest_testengine.model import (
     Record,
+    RunInfo,
 )
 
 log = logging.getLogger("testengine.collector.kafka")
@@ -214,11 +215,19 @@ class KafkaSink:
     # -- publish
 
     async def publish(self, records: Sequence[Record]) -> None:
-        if not records:
-            return
+        if records:
+            await self._publish(outgoing_of(records))
+
+    async def publish_checked(
+        self, tenant: str, run: RunInfo, results: Sequence[Mapping[str, Any]]
+    ) -> None:
+        """Publish a checked batch's results (parsed dicts with exactly Result's fields)."""
+        if results:
+            await self._publish(outgoing_of_checked(tenant, run, results))
+
+    async def _publish(self, outgoing: list[Outgoing]) -> None:
         if self._producer is None:
             raise SinkUnavailable("[testengine] the Kafka sink is not started", retry_after=1.0)
-        outgoing = outgoing_of(records)
         if self.wal.depth or not self.reachable:
             await self._to_wal(outgoing)
             return

@@ -12,12 +12,22 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
+from collector_server import ingest
 from collector_server.consumer import check_record, decode_message
 from collector_server.consumer_child import ConsumerChild, settings_of
 from collector_server.kafka_metrics import KafkaMetrics
-from collector_server.kafka_records import Outgoing, outgoing_of
+from collector_server.kafka_records import Outgoing, outgoing_of, outgoing_of_checked
 from collector_server.settings import CollectorSettings
-from pytest_testengine.model import Record, Result, RunInfo, decode_record, encode_record
+from pytest_testengine.model import (
+    Batch,
+    Record,
+    Result,
+    RunInfo,
+    decode_record,
+    encode_batch,
+    encode_record,
+    records_of,
+)
 
 RUN = RunInfo(run_id="r1", suite="unit")
 RESULT = Result(
@@ -184,3 +194,31 @@ def test_the_processor_child_status_lines_become_metrics_and_status() -> None:
         "error": None,
         "pid": None,
     }
+
+
+@given(
+    tenant=st.sampled_from(["acme", 'a"result":b']),
+    tag=text,
+    message=st.none() | text,
+    suite=st.text(min_size=1, max_size=20),
+)
+def test_checked_results_give_the_records_of_the_validated_batch(
+    tenant: str, tag: str, message: str | None, suite: str
+) -> None:
+    """The Kafka sink's fast path (results as parsed, plugin-shaped dicts) must publish what
+    the full path publishes: the same keys, and values that decode to the same records."""
+    run = dataclasses.replace(RUN, suite=suite, tags={"run": tag})
+    results = [
+        dataclasses.replace(RESULT, id=f"{i:032x}", message=message, tags={"t": tag}, setup=i / 3)
+        for i in range(3)
+    ]
+    body = encode_batch(Batch(run, results))
+    checked = ingest.check_batch(orjson.loads(body), body, ingest.Limits())
+    assert isinstance(checked, ingest.Checked)
+    fast = outgoing_of_checked(tenant, checked.run, checked.results)
+    full = outgoing_of(
+        records_of(tenant, ingest.validate_batch(orjson.loads(body), ingest.Limits()))
+    )
+    assert [o.key for o in fast] == [o.key for o in full]
+    assert [decode_record(o.value) for o in fast] == [decode_record(o.value) for o in full]
+    assert [o.tenant for o in fast] == [tenant] * 3
