@@ -35,7 +35,13 @@ def shard(
     """One shard of build ``BUILD`` with results sent to ``url``."""
     write_suite(pytester)
     return pytester.runpytest_subprocess(
-        "--testengine",
+        "--testengine", *split_args(url, index, total), "--testengine-flush-deadline", "2", *args
+    )
+
+
+def split_args(url: str, index: int, total: int) -> list[str]:
+    """Shard ``index`` of ``total`` of build ``BUILD``, planned by the collector at ``url``."""
+    return [
         "--testengine-url",
         url,
         "--testengine-build-id",
@@ -44,12 +50,9 @@ def shard(
         str(index),
         "--split-total",
         str(total),
-        "--testengine-flush-deadline",
-        "2",
         "-p",
         "no:cacheprovider",
-        *args,
-    )
+    ]
 
 
 def write_suite(pytester: pytest.Pytester) -> None:
@@ -137,18 +140,7 @@ def test_an_empty_collection_still_exits_5(
     pytester: pytest.Pytester, collector: CollectorProcess
 ) -> None:
     pytester.makepyfile(test_none="")
-    run = pytester.runpytest_subprocess(
-        "--testengine-url",
-        collector.url,
-        "--testengine-build-id",
-        BUILD,
-        "--split-index",
-        "0",
-        "--split-total",
-        "2",
-        "-p",
-        "no:cacheprovider",
-    )
+    run = pytester.runpytest_subprocess(*split_args(collector.url, 0, 2))
     assert run.ret == pytest.ExitCode.NO_TESTS_COLLECTED
     assert summary_lines(run.outlines) == []
     assert collector.get(f"/v1/suites/default/builds/{BUILD}").status_code == 404
@@ -308,18 +300,7 @@ def test_splitting_without_testengine_plans_but_sends_no_results(
     pytester: pytest.Pytester, collector: CollectorProcess
 ) -> None:
     write_suite(pytester)
-    run = pytester.runpytest_subprocess(
-        "--testengine-url",
-        collector.url,
-        "--testengine-build-id",
-        BUILD,
-        "--split-index",
-        "0",
-        "--split-total",
-        "2",
-        "-p",
-        "no:cacheprovider",
-    )
+    run = pytester.runpytest_subprocess(*split_args(collector.url, 0, 2))
     assert run.ret == pytest.ExitCode.OK
     (line,) = summary_lines(run.outlines)
     assert line.startswith("[testengine] shard 1/2: 6 of 12 tests")
