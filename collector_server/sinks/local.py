@@ -160,18 +160,6 @@ class LocalLog:
         self.last_offset = last
         return last
 
-    def read(self, after: int, limit: int) -> list[tuple[int, bytes]]:
-        """Entries with offset > ``after``, oldest first, at most ``limit``."""
-        with self._read_lock:
-            conn = self._reader
-            if conn is None:
-                raise sqlite3.ProgrammingError(f"{self.path} is not open")
-            rows = conn.execute(
-                "SELECT offset, data FROM log WHERE offset > ? ORDER BY offset LIMIT ?",
-                (after, limit),
-            ).fetchall()
-        return [(int(o), bytes(d)) for o, d in rows]
-
     def iter_from(self, after: int, limit: int) -> Iterator[tuple[int, bytes]]:
         """Entries with offset > ``after``, oldest first, at most ``limit``, read one at a time
         (a caller that stops early reads no more than it used)."""

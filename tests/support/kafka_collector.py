@@ -30,7 +30,8 @@ from confluent_kafka import Consumer, TopicPartition
 from collector_server.auth import DEFAULT_TENANT
 from collector_server.kafka_admin import client_config
 from collector_server.store.sqlite import STORE_FILE, SqliteStore
-from pytest_testengine.model import Batch, Result, RunInfo, encode_batch, new_id
+from pytest_testengine.model import Batch, encode_batch
+from tests.collector.batches import batch
 from tests.support.collector import CollectorProcess, collector_env
 from tests.support.kafka_io import wait_until
 
@@ -63,22 +64,7 @@ def group_of(topic: str) -> str:
 
 
 def make_batch(size: int, suite: str = SUITE) -> Batch:
-    run = RunInfo(run_id=new_id(), suite=suite, branch="main")
-    return Batch(
-        run,
-        [
-            Result(
-                id=new_id(),
-                nodeid=f"tests/test_k{i % 11}.py::test_{i}",
-                file=f"tests/test_k{i % 11}.py",
-                name=f"test_{i}",
-                outcome="passed" if i % 7 else "failed",
-                call=0.01,
-                duration=0.01,
-            )
-            for i in range(size)
-        ],
-    )
+    return batch(size, suite=suite)
 
 
 class Poster:
@@ -145,11 +131,11 @@ class Poster:
             for _ in range(MAX_BATCHES):
                 if self._stop.is_set():
                     return
-                batch = make_batch(self.batch_size, self.suite)
-                ids = {r.id for r in batch.results}
+                sent = make_batch(self.batch_size, self.suite)
+                ids = {r.id for r in sent.results}
                 try:
                     response = client.post(
-                        self.url + "/v1/results", content=encode_batch(batch), headers=headers
+                        self.url + "/v1/results", content=encode_batch(sent), headers=headers
                     )
                 except httpx.TransportError:
                     with self._lock:

@@ -12,27 +12,13 @@ from confluent_kafka import Consumer, Message, Producer
 from collector_server.consumer import ConsumerStats, ResultConsumer
 from collector_server.kafka_admin import client_config, ensure_topic
 from collector_server.kafka_records import Outgoing
-from pytest_testengine.model import Record, Result, RunInfo, new_id
+from pytest_testengine.model import Record, new_id, records_of
+from tests.collector.batches import batch
 
 
 def sample_records(count: int, *, tenant: str = "acme", suite: str = "unit") -> list[Record]:
-    run = RunInfo(run_id=new_id(), suite=suite, branch="main", commit="abc123")
-    return [
-        Record(
-            tenant,
-            run,
-            Result(
-                id=new_id(),
-                nodeid=f"tests/test_mod{i % 7}.py::test_{i}",
-                file=f"tests/test_mod{i % 7}.py",
-                name=f"test_{i}",
-                outcome="passed" if i % 5 else "failed",
-                call=0.001 * i,
-                duration=0.001 * i,
-            ),
-        )
-        for i in range(count)
-    ]
+    """The records of one batch of ``count`` results (tests.collector.batches)."""
+    return list(records_of(tenant, batch(count, suite=suite)))
 
 
 def produce(
