@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import itertools
 import secrets
-from collections.abc import Callable
 from typing import Any, Final
 
 from pytest_testengine.tags import REPORT_ATTR, Limits, limit_tags
@@ -110,11 +109,10 @@ class Assembler:
         *,
         message_limit: int = 4096,
         limits: Limits | None = None,
-        new_id: Callable[[], str] | None = None,
     ) -> None:
         self.message_limit = message_limit
         self.limits = limits or Limits()
-        self.new_id = new_id or IdSequence()
+        self.new_id = IdSequence()
         self._open: dict[tuple[str | None, str], dict[str, Any]] = {}
         self._reruns: dict[str, int] = {}  # only tests that were rerun
         #: Notes about tags left out, at most a few (with the count of all of them).

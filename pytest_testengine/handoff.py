@@ -29,7 +29,7 @@ from pytest_testengine.sharding import (
     PlanAnswer,
     Selection,
     SplitSpec,
-    fallback_selection,
+    local_fallback,
 )
 
 SPLIT_DIR_KEY: Final = "testengine_split_dir"
@@ -75,15 +75,31 @@ class Handoff:
         if not found:
             return
         ids: list[str] = orjson.loads(found[0].read_bytes())
+        keep: list[str] | None = []
         try:
             planned = self.sharder.plan(ids)
             assert not isinstance(planned, PlanAnswer)  # dynamic mode is refused with xdist
             keep = None if planned.keep is None else sorted(planned.keep)
             self._report(planned, ids, keep)
         except ConfigError as exc:
-            self.error, keep = str(exc), []
+            self.error = str(exc)
             self.lines.append(self.error)
-        write_atomic(self.directory / SELECTION_FILE, orjson.dumps({"keep": keep}))
+        except Exception as exc:  # never leave the workers waiting: the shared local plan
+            keep = self._local(ids, f"planning failed ({type(exc).__name__}: {exc})")
+        finally:
+            write_atomic(self.directory / SELECTION_FILE, orjson.dumps({"keep": keep}))
+
+    def _local(self, ids: list[str], problem: str) -> list[str] | None:
+        try:
+            selection = local_fallback(
+                self.sharder.spec, ids, problem, self.sharder.config.invocation_params.dir
+            )
+        except ConfigError as exc:
+            self.error = str(exc)
+            self.lines.append(self.error)
+            return []
+        self._report(selection, ids, None if selection.keep is None else sorted(selection.keep))
+        return None if selection.keep is None else sorted(selection.keep)
 
     def _report(self, selection: Selection, ids: list[str], keep: list[str] | None) -> None:
         if selection.warning:
@@ -126,9 +142,9 @@ class WorkerSelection:
     ) -> None:
         ids = list(dict.fromkeys(item.nodeid for item in items))
         write_atomic(self.directory / f"ids-{self.worker}.json", orjson.dumps(ids))
-        deselect(config, items, self._wait(ids))
+        deselect(config, items, self._wait(ids, config.invocation_params.dir))
 
-    def _wait(self, ids: list[str]) -> list[str] | None:
+    def _wait(self, ids: list[str], base_dir: Path) -> list[str] | None:
         path = self.directory / SELECTION_FILE
         deadline = time.monotonic() + SELECTION_WAIT
         while time.monotonic() < deadline:
@@ -137,8 +153,8 @@ class WorkerSelection:
                 return keep
             time.sleep(POLL)  # polling a condition with a deadline
         try:  # the same plan every worker (and every shard) computes alone
-            selection = fallback_selection(
-                self.spec, ids, "no selection from the xdist controller", {}
+            selection = local_fallback(
+                self.spec, ids, "no selection from the xdist controller", base_dir
             )
         except ConfigError:
             return []

@@ -21,9 +21,8 @@ from pytest_testengine.sharding import (
     PlanUnavailable,
     Selection,
     SplitSpec,
-    durations_for_fallback,
     empty_shard_line,
-    fallback_selection,
+    local_fallback,
     plan_selection,
     summary_line,
 )
@@ -97,13 +96,10 @@ class Sharder:
         self.on_plan = on_plan
         self.collected = 0
         self.emptied = False
-        self.lines: list[str] = []
         self.dynamic: DynamicRun | None = None
-        self.selection: Selection | None = None
         self._ids: list[str] = []
 
     def write(self, line: str) -> None:
-        self.lines.append(line)
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
             reporter.ensure_newline()
@@ -112,11 +108,7 @@ class Sharder:
             print(line, file=sys.stderr)
 
     def _fallback(self, problem: str) -> Selection:
-        path = self.spec.durations
-        if path is not None:
-            path = str(self.config.invocation_params.dir / path)
-        durations, note = durations_for_fallback(path)
-        return fallback_selection(self.spec, self._ids, problem, durations, note)
+        return local_fallback(self.spec, self._ids, problem, self.config.invocation_params.dir)
 
     def told(self, plan_id: str | None) -> None:
         if self.on_plan is not None:
@@ -166,7 +158,6 @@ class Sharder:
             fallback=self._fallback,
             write=self.write,
         )
-        self.selection = Selection(keep=None, plan_id=answer.plan_id, estimated=None)
         self.told(answer.plan_id)
 
     def _select(
@@ -183,27 +174,22 @@ class Sharder:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> bool | None:
-        if self.dynamic is None or session.config.option.collectonly:
+        if self.dynamic is None:  # not dynamic, collect-only, or collection errors
             return None  # pytest's own loop
-        if session.testsfailed and not session.config.option.continue_on_collection_errors:
-            return None  # pytest's loop reports the collection errors
         self.dynamic.run(session, session.items)
         return True
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         run = self.dynamic
-        if run is None or not self.selection:
+        if run is None:
             return
         done = Selection(
-            keep=None,
-            plan_id=self.selection.plan_id,
-            estimated=run.estimated if run.chunks else None,
+            keep=None, plan_id=run.plan_id, estimated=run.estimated if run.chunks else None
         )
         chunks = f" in {run.chunks:,} chunk{'s' if run.chunks != 1 else ''}"
         line = summary_line(
             self.spec, done, ran=len(run.ran), collected=self.collected, verb="ran ", detail=chunks
         )
-        self.lines.append(line)
         terminalreporter.write_line(line)
 
     @pytest.hookimpl(tryfirst=True)

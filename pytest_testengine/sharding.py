@@ -382,6 +382,16 @@ def durations_for_fallback(path: str | None) -> tuple[dict[str, float], str | No
         return {}, f"durations file {path} not used ({detail})"
 
 
+def local_fallback(
+    spec: SplitSpec, test_ids: Sequence[str], problem: str, base_dir: Path
+) -> Selection:
+    """The local fallback plan, with the durations file (relative to ``base_dir``) if given:
+    what every shard, and every xdist worker of a shard, computes alone."""
+    path = None if spec.durations is None else str(base_dir / spec.durations)
+    durations, note = durations_for_fallback(path)
+    return fallback_selection(spec, test_ids, problem, durations, note)
+
+
 def plan_selection(answer: PlanAnswer) -> Selection:
     return Selection(
         keep=frozenset(answer.tests),
