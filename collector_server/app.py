@@ -14,11 +14,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-import orjson
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -37,6 +36,7 @@ from collector_server.planner import Planner
 from collector_server.planner_api import PlannerApi
 from collector_server.processor import LocalProcessor
 from collector_server.processor_child import ChildProcessor
+from collector_server.responses import error_response, json_response
 from collector_server.settings import CollectorSettings
 from collector_server.sinks import Sink, SinkUnavailable
 from collector_server.sinks.kafka import KafkaSink, kafka_sink
@@ -158,19 +158,6 @@ class Parts:
 
 
 # -- responses -------------------------------------------------------------------------------
-
-
-def json_response(
-    body: object, status: int = 200, headers: Mapping[str, str] | None = None
-) -> Response:
-    return Response(
-        orjson.dumps(body), status_code=status, headers=headers, media_type="application/json"
-    )
-
-
-def error_response(error: RequestError) -> Response:
-    headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
-    return json_response(error.to_dict(), error.status, headers)
 
 
 def page_response(page: Page) -> Response:

@@ -264,11 +264,10 @@ def run_child(settings: CollectorSettings) -> int:
     threading.Thread(target=heartbeat, name="testengine-heartbeat", daemon=True).start()
     code = 0
     try:
+        consumer.on_applied = lambda *_: reporter.send()
         consumer.start()
         reporter.send()
-        while not stop.is_set():
-            if consumer.poll_once():
-                reporter.send()
+        consumer.run(stop)  # its retry pauses end as soon as stop is set
     except ConsumerError as exc:
         reporter.error = str(exc)
         log.error("%s", exc)

@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, NoReturn
 
-import orjson
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
@@ -22,6 +21,7 @@ from collector_server import ingest
 from collector_server.auth import Authenticator
 from collector_server.errors import RequestError, type_name
 from collector_server.planner import MODES, NextRequest, Planner, PlanRequest
+from collector_server.responses import error_response, json_response
 from collector_server.settings import CollectorSettings
 from pytest_testengine.splitting import SPLIT_BY
 
@@ -194,11 +194,6 @@ def validate_next_request(obj: Any) -> NextRequest:
     )
 
 
-def json_body(body: object, status: int = 200) -> Response:
-    raw = body if isinstance(body, bytes) else orjson.dumps(body)
-    return Response(raw, status_code=status, media_type="application/json")
-
-
 class PlannerApi:
     """The planner's endpoints, bound to one app's authenticator and body reader."""
 
@@ -236,8 +231,8 @@ class PlannerApi:
             body, gzipped = await self._body(request)
             plan = await run_in_threadpool(self._plan, tenant, body, gzipped)
         except RequestError as exc:
-            return json_body(exc.to_dict(), exc.status)
-        return json_body(plan)
+            return error_response(exc)
+        return json_response(plan)
 
     def _plan(self, tenant: str, body: bytes, gzipped: bool) -> bytes:
         """Decode, check and answer a plan request (in a worker thread: bodies can be MBs)."""
@@ -264,8 +259,8 @@ class PlannerApi:
             next_request = validate_next_request(obj)
             answer = await run_in_threadpool(self.planner.next, tenant, plan_id, next_request)
         except RequestError as exc:
-            return json_body(exc.to_dict(), exc.status)
-        return json_body(answer)
+            return error_response(exc)
+        return json_response(answer)
 
     async def get_build(self, request: Request) -> Response:
         suite, build_id = request.path_params["suite"], request.path_params["build_id"]
@@ -281,5 +276,5 @@ class PlannerApi:
                     "build_id",
                 )
         except RequestError as exc:
-            return json_body(exc.to_dict(), exc.status)
-        return json_body(report)
+            return error_response(exc)
+        return json_response(report)

@@ -16,7 +16,7 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
 from collector_server.sinks.local import LocalLog, decode_entry
@@ -31,11 +31,6 @@ IDLE_WAIT: Final = 1.0  # seconds between checks when nobody wakes us
 RETRY_WAIT: Final = 1.0  # seconds before retrying a failed store write
 DRAIN_TIME: Final = 10.0  # seconds a stopping processor keeps applying what is left
 HANDOFF_RECORDS: Final = 200_000  # records held in memory from the sink; beyond, read the log
-
-
-def apply(store: Store, records: Sequence[Record], offsets: Mapping[str, int] | None = None) -> int:
-    """Write records (and the consumer offsets they end at); return how many were new."""
-    return store.write(records, offsets=offsets)
 
 
 class LocalProcessor:
@@ -151,7 +146,7 @@ class LocalProcessor:
             records, last = self._read_log()
         if last == self.offset:
             return 0
-        new = apply(self.store, records, {self.source: last})
+        new = self.store.write(records, offsets={self.source: last})
         applied = last - self.offset
         with self._progress:
             self.offset = last

@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -160,9 +161,6 @@ class ChildProcessor:
         with self._write_lock, contextlib.suppress(OSError, ValueError):
             os.write(proc.stdin.fileno(), line)
 
-    def wake(self) -> None:
-        self._send(b"W %d\n" % self.log.last_offset)
-
     def on_commit(self, first: int, batches: list[Sequence[Record]]) -> None:
         """Sink callback after a durable commit: wake the child (best effort)."""
         self._send(b"W %d\n" % (first + len(batches) - 1))
@@ -248,6 +246,9 @@ class _Reporter:
 
 
 def run_child(log_path: Path, store_path: Path, batch_records: int, linger: float) -> int:
+    # Ctrl-C in a terminal reaches the whole process group: the collector stops the child
+    # (through stdin, draining) once it has stopped taking batches
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     log_ = LocalLog(log_path)
     log_.open()
     store = SqliteStore(store_path).open()

@@ -223,3 +223,18 @@ async def test_tenants_never_share_plans(settings: CollectorSettings, tmp_path: 
         other_build = await client.get("/v1/suites/default/builds/b-9", headers=auth(token_b))
         assert other_build.status_code == 404
         assert other_build.json()["error"]["code"] == "build_not_found"
+
+
+async def test_plan_endpoints_without_a_token_are_401_with_the_scheme(
+    settings: CollectorSettings,
+) -> None:
+    TokenStore(settings.data_dir).create("acme")
+    async with serving(create_app(settings)) as client:
+        for response in (
+            await client.post("/v1/plans", json=plan_body()),
+            await client.post("/v1/plans/" + "0" * 32 + "/next", json={"index": 0}),
+            await client.get("/v1/suites/default/builds/b-1"),
+        ):
+            assert response.status_code == 401
+            assert response.headers["www-authenticate"] == "Bearer"
+            assert response.json()["error"]["code"] == "missing_token"

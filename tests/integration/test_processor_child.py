@@ -6,6 +6,7 @@ import os
 import signal
 import time
 
+from collector_server.store.sqlite import STORE_FILE, SqliteStore
 from tests.collector.batches import batch
 from tests.support.collector import CollectorProcess
 
@@ -80,3 +81,24 @@ def test_graceful_stop_stops_the_processor(collector: CollectorProcess) -> None:
     assert wait_gone(pid, EXIT_TIMEOUT)
     collector.start()
     assert len(collector.wait_for_results(5, suite="stop")) == 5
+
+
+def test_ctrl_c_of_the_process_group_drains_and_stops_both_processes(
+    collector: CollectorProcess,
+) -> None:
+    """A terminal's Ctrl-C reaches the collector and its processor child alike: the child
+    ignores it and is stopped (drained) by the collector, not left hanging until a kill."""
+    pid = processor_pid(collector)
+    assert collector.post_batch(batch(5, suite="ctrl-c")).status_code == 202
+    proc = collector.proc
+    assert proc is not None
+    os.kill(pid, signal.SIGINT)  # the child first, as a group signal may arrive
+    os.kill(proc.pid, signal.SIGINT)
+    assert proc.wait(EXIT_TIMEOUT) in (0, -signal.SIGINT, 130)
+    assert wait_gone(pid, EXIT_TIMEOUT), f"processor {pid} still runs after Ctrl-C"
+    collector.proc = None
+    store = SqliteStore(collector.data_dir / STORE_FILE).open()
+    try:  # drained before it stopped: everything accepted is in the store
+        assert len(store.results("default", "ctrl-c", limit=100).items) == 5
+    finally:
+        store.close()
