@@ -16,7 +16,14 @@ from typing import Any, Final, NamedTuple
 import orjson
 from confluent_kafka import Message
 
-from pytest_testengine.model import SCHEMA_VERSION, Record, Result, RunInfo, encode_record
+from pytest_testengine.model import (
+    SCHEMA_VERSION,
+    Record,
+    Result,
+    RunInfo,
+    encode_record,
+    record_key,
+)
 
 SCHEMA_HEADER: Final = "schema"
 TENANT_HEADER: Final = "tenant"
@@ -92,10 +99,14 @@ def outgoing_of_checked(
 ) -> list[Outgoing]:
     """The records of a checked batch (results as parsed dicts with exactly the fields of
     :class:`Result`), without building a Result each; decoded, they equal ``outgoing_of``'s."""
-    head, prefix = _head(tenant, run), f"{tenant}/{run.suite}/"
+    head, suite = _head(tenant, run), run.suite
     dumps = orjson.dumps
     return [
-        Outgoing(tenant, (prefix + result["nodeid"]).encode(), head + dumps(result) + b"}")
+        Outgoing(
+            tenant,
+            record_key(tenant, suite, result["nodeid"]).encode(),
+            head + dumps(result) + b"}",
+        )
         for result in results
     ]
 

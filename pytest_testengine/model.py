@@ -110,7 +110,12 @@ class Record:
     @property
     def key(self) -> str:
         """Kafka key: every execution of a test lands in the same partition."""
-        return f"{self.tenant}/{self.run.suite}/{self.result.nodeid}"
+        return record_key(self.tenant, self.run.suite, self.result.nodeid)
+
+
+def record_key(tenant: str, suite: str, nodeid: str) -> str:
+    """The Kafka key of a result: ``tenant/suite/nodeid``."""
+    return f"{tenant}/{suite}/{nodeid}"
 
 
 RESULT_FIELDS: Final = tuple(f.name for f in dataclasses.fields(Result))
