@@ -367,3 +367,18 @@ def test_split_by_file_keeps_each_file_on_one_shard(
     assert files_of_shard[0] | files_of_shard[1] == {f"{name}.py" for name in SUITE}
     (plan,) = collector.get(f"/v1/suites/default/builds/{BUILD}").json()["plans"]
     assert (plan["by"], plan["asked_by"]) == ("file", [0, 1])
+
+
+def test_collect_only_lists_exactly_what_the_shard_runs(
+    pytester: pytest.Pytester, collector: CollectorProcess
+) -> None:
+    write_suite(pytester)
+    listed = pytester.runpytest_subprocess("--collect-only", "-q", *split_args(collector.url, 1, 3))
+    assert listed.ret == pytest.ExitCode.OK
+    listed_ids = [line for line in listed.outlines if "::" in line]
+    ran = shard(pytester, collector.url, 1, 3, "-v")
+    ran_ids = [line.split(" ")[0] for line in ran.outlines if " PASSED" in line]
+    assert listed_ids == ran_ids  # the same share, in the same (collection) order
+    assert 0 < len(ran_ids) < TESTS
+    build = collector.get(f"/v1/suites/default/builds/{BUILD}").json()
+    assert len(build["plans"]) == 1  # both runs got the one cached plan
