@@ -1,7 +1,11 @@
-"""The client side of ``POST /v1/results``: the only module of the plugin that speaks HTTP.
+"""The client side of the collector's HTTP API: the only module of the plugin that speaks HTTP.
 
-One :class:`httpx.Client` (one kept-alive connection), gzip bodies, a bearer token.  Every
-attempt ends in one of three answers, never an exception:
+One kept-alive connection (:mod:`http.client`), gzip bodies, a bearer token, the proxy of the
+``HTTP_PROXY``/``HTTPS_PROXY``/``NO_PROXY`` environment.  The standard library's client is
+used on purpose: it costs a test run a few milliseconds of imports and well under a
+millisecond per batch, where a full-featured client library costs a hundred milliseconds of
+CPU per run (``benchmarks/README.md``, "Plugin overhead").  Every attempt ends in one of
+three answers, never an exception:
 
 - :class:`Delivered`: a 2xx, the batch is durable on the collector;
 - :class:`Retry`: worth trying again: connection errors, timeouts, 408, 429 and 5xx, with the
@@ -13,14 +17,21 @@ attempt ends in one of three answers, never an exception:
 
 from __future__ import annotations
 
+import base64
 import gzip
+import http.client
+import os
+import select
+import socket
+import ssl
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Final
+from urllib.parse import unquote, urlsplit
 
-import httpx
 import orjson
 
 from pytest_testengine import __version__
@@ -28,6 +39,7 @@ from pytest_testengine import __version__
 RESULTS_PATH: Final = "/v1/results"
 _KEEP_STATUSES: Final = frozenset({401, 403, 404, 405})
 MAX_RETRY_AFTER: Final = 3600.0
+_PROXY_VARIABLES: Final = frozenset({"http_proxy", "https_proxy", "all_proxy"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,15 +105,19 @@ def _error_text(body: bytes) -> str:
         return body[:200].decode("utf-8", "replace").strip() or "no details"
 
 
+def _is_retryable(status: int) -> bool:
+    return status in (408, 429) or status >= 500
+
+
 def classify(status: int, headers: Mapping[str, str], body: bytes, *, now: float) -> Answer:
-    """The meaning of one HTTP answer (pure)."""
+    """The meaning of one HTTP answer to a batch (pure)."""
     if 200 <= status < 300:
         try:
             accepted = orjson.loads(body).get("accepted")
         except (orjson.JSONDecodeError, AttributeError):
             accepted = None
         return Delivered(status, accepted if isinstance(accepted, int) else None)
-    if status in (408, 429) or status >= 500:
+    if _is_retryable(status):
         retry_after = parse_retry_after(headers.get("retry-after"), now=now)
         return Retry(f"the collector answered {status} ({_error_text(body)})", retry_after)
     return Rejected(
@@ -111,17 +127,67 @@ def classify(status: int, headers: Mapping[str, str], body: bytes, *, now: float
     )
 
 
-def describe_error(exc: httpx.TransportError, url: str) -> str:
-    if isinstance(exc, httpx.TimeoutException):
+def describe_error(exc: BaseException, url: str) -> str:
+    """One line about a request that got no answer."""
+    if isinstance(exc, TimeoutError):
         return f"the collector at {url} did not answer in time ({type(exc).__name__})"
     detail = str(exc) or type(exc).__name__
-    if "refused" in detail.lower():
+    if isinstance(exc, ConnectionRefusedError) or "refused" in detail.lower():
         detail = "connection refused"
     return f"could not reach the collector at {url} ({detail})"
 
 
+@dataclass(frozen=True, slots=True)
+class Proxy:
+    host: str
+    port: int
+    authorization: str | None  # the Proxy-Authorization header, from user:password@
+
+
+def bypassed(host: str, port: int | None, no_proxy: str) -> bool:
+    """Whether ``NO_PROXY`` covers ``host``: ``*``, the host itself, or a domain it is in
+    (``example.com`` and ``.example.com`` both cover ``ci.example.com``), with an optional
+    ``:port`` that must match."""
+    host = host.lower()
+    for entry in no_proxy.replace(" ", "").lower().split(","):
+        if entry == "*":
+            return True
+        name, _, entry_port = entry.rpartition(":") if entry.count(":") == 1 else (entry, "", "")
+        if entry_port and entry_port != str(port):
+            continue
+        name = name.lstrip(".")
+        if name and (host == name or host.endswith("." + name)):
+            return True
+    return False
+
+
+def proxy_for(url: str, environ: Mapping[str, str]) -> Proxy | None:
+    """The proxy the environment names for ``url`` (``HTTPS_PROXY``/``HTTP_PROXY``/
+    ``ALL_PROXY``, either case, lower case first), or None (none set, or ``NO_PROXY`` covers
+    the host)."""
+    if not any(key.lower() in _PROXY_VARIABLES for key in environ):
+        return None  # the common case
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    names = {key.lower(): value for key, value in environ.items() if not key.islower()}
+    names.update((key, value) for key, value in environ.items() if key.islower())
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    if bypassed(host, port, names.get("no_proxy", "")):
+        return None
+    value = names.get(f"{parts.scheme}_proxy") or names.get("all_proxy")
+    if not value:
+        return None
+    proxy = urlsplit(value if "://" in value else f"http://{value}")
+    authorization = None
+    if proxy.username is not None:
+        pair = f"{unquote(proxy.username)}:{unquote(proxy.password or '')}"
+        authorization = "Basic " + base64.b64encode(pair.encode()).decode("ascii")
+    return Proxy(proxy.hostname or "", proxy.port or 80, authorization)
+
+
 class Transport:
-    """Posts encoded batches to one collector."""
+    """Posts to one collector over one kept-alive connection (safe to share between threads:
+    one request at a time)."""
 
     def __init__(
         self,
@@ -130,72 +196,133 @@ class Transport:
         token: str | None = None,
         timeout: float = 10.0,
         compress: bool = True,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.compress = compress
-        self._token = token
-        self._client: httpx.Client | None = None
+        parts = urlsplit(self.url)
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname or "localhost"
+        self._port = parts.port or (443 if self._https else 80)
+        self._base = parts.path
+        self._proxy = proxy_for(self.url, os.environ if environ is None else environ)
+        self._headers = {
+            "Content-Type": "application/json",
+            "User-Agent": f"pytest-testengine/{__version__}",
+            "Accept": "application/json",
+        }
+        if compress:
+            self._headers["Content-Encoding"] = "gzip"
+        if token:
+            self._headers["Authorization"] = f"Bearer {token}"
+        self._connection: http.client.HTTPConnection | None = None
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"Transport({self.url!r}, compress={self.compress})"
 
-    def _open(self) -> httpx.Client:
-        if self._client is None:
-            headers = {
-                "Content-Type": "application/json",
-                "User-Agent": f"pytest-testengine/{__version__}",
-            }
-            if self.compress:
-                headers["Content-Encoding"] = "gzip"
-            if self._token:
-                headers["Authorization"] = f"Bearer {self._token}"
-            self._client = httpx.Client(
-                base_url=self.url,
-                headers=headers,
-                timeout=self.timeout,
-                # no TLS on http:// URLs: skip loading the CA bundle (tens of ms per run)
-                transport=httpx.HTTPTransport(retries=0, verify=self.url.startswith("https:")),
-                limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
-                follow_redirects=False,
-            )
-        return self._client
-
     def post(self, body: bytes, *, timeout: float | None = None) -> Answer:
-        """Post one JSON batch (``body`` uncompressed); ``timeout`` caps this attempt."""
-        client = self._open()
-        content = gzip.compress(body, compresslevel=5) if self.compress else body
-        limit = self.timeout if timeout is None else max(0.05, min(timeout, self.timeout))
-        try:
-            response = client.post(RESULTS_PATH, content=content, timeout=limit)
-        except httpx.TransportError as exc:
-            return Retry(describe_error(exc, self.url), unreachable=True)
-        return classify(response.status_code, response.headers, response.content, now=time.time())
+        """Post one JSON batch (``body`` uncompressed) to ``/v1/results``; ``timeout`` caps
+        this attempt."""
+        got = self._request(RESULTS_PATH, body, timeout)
+        if isinstance(got, Retry):
+            return got
+        status, headers, data = got
+        return classify(status, headers, data, now=time.time())
 
     def call(self, path: str, payload: object, *, timeout: float | None = None) -> CallAnswer:
         """POST ``payload`` as JSON to ``path`` (the split plan endpoints) and read the JSON
         answer; like :meth:`post`, never raises for a network or HTTP problem."""
-        client = self._open()
-        body = orjson.dumps(payload)
-        content = gzip.compress(body, compresslevel=5) if self.compress else body
-        limit = self.timeout if timeout is None else max(0.05, min(timeout, self.timeout))
-        try:
-            response = client.post(path, content=content, timeout=limit)
-        except httpx.TransportError as exc:
-            return Retry(describe_error(exc, self.url), unreachable=True)
-        status = response.status_code
+        got = self._request(path, orjson.dumps(payload), timeout)
+        if isinstance(got, Retry):
+            return got
+        status, headers, data = got
         if 200 <= status < 300:
             try:
-                return Reply(status, orjson.loads(response.content))
+                return Reply(status, orjson.loads(data))
             except orjson.JSONDecodeError:
                 return Rejected(status, f"the collector answered {status} without JSON", False)
-        reason = f"the collector answered {status} to POST {path} ({_error_text(response.content)})"
-        if status in (408, 429) or status >= 500:
-            retry_after = parse_retry_after(response.headers.get("retry-after"), now=time.time())
+        reason = f"the collector answered {status} to POST {path} ({_error_text(data)})"
+        if _is_retryable(status):
+            retry_after = parse_retry_after(headers.get("retry-after"), now=time.time())
             return Retry(reason, retry_after)
         return Rejected(status, reason, keep=False)
 
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        with self._lock:
+            self._drop()
+
+    # -- one request ------------------------------------------------------------------------
+
+    def _request(
+        self, path: str, body: bytes, timeout: float | None
+    ) -> tuple[int, dict[str, str], bytes] | Retry:
+        content = gzip.compress(body, compresslevel=5) if self.compress else body
+        limit = self.timeout if timeout is None else max(0.05, min(timeout, self.timeout))
+        target = self._base + path
+        if self._proxy is not None and not self._https:
+            target = f"http://{self._host}:{self._port}{target}"  # absolute form for the proxy
+        with self._lock:
+            try:
+                connection = self._connect(limit)
+                connection.request("POST", target, body=content, headers=self._headers)
+                response = connection.getresponse()
+                data = response.read()
+            except (OSError, http.client.HTTPException) as exc:
+                self._drop()
+                return Retry(describe_error(exc, self.url), unreachable=True)
+            headers = {key.lower(): value for key, value in response.getheaders()}
+            if response.will_close:
+                self._drop()
+        return response.status, headers, data
+
+    def _connect(self, timeout: float) -> http.client.HTTPConnection:
+        connection = self._connection
+        # an idle kept-alive connection the server closed: open a new one, don't send into it
+        if (
+            connection is not None
+            and connection.sock is not None
+            and _closed_by_peer(connection.sock)
+        ):
+            self._drop()
+            connection = None
+        if connection is None:
+            connection = self._connection = self._new_connection(timeout)
+        if connection.sock is not None:
+            connection.sock.settimeout(timeout)
+        else:
+            connection.timeout = timeout  # connect() uses it
+        return connection
+
+    def _new_connection(self, timeout: float) -> http.client.HTTPConnection:
+        proxy = self._proxy
+        host, port = (proxy.host, proxy.port) if proxy else (self._host, self._port)
+        connection: http.client.HTTPConnection
+        if self._https:
+            context = ssl.create_default_context()
+            connection = http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
+        else:
+            connection = http.client.HTTPConnection(host, port, timeout=timeout)
+        if proxy is not None:
+            extra = {"Proxy-Authorization": proxy.authorization} if proxy.authorization else {}
+            if self._https:
+                connection.set_tunnel(self._host, self._port, headers=extra)
+            elif extra:
+                self._headers.update(extra)
+        return connection
+
+    def _drop(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.close()
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    """Whether an idle connection has something to read: the server closed it (or sent
+    something unasked), so it cannot carry the next request."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)

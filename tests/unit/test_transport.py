@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import base64
 import gzip
 import socket
+import threading
+import time
 
 import orjson
 import pytest
 
 from pytest_testengine.transport import (
     Delivered,
+    Proxy,
     Rejected,
     Retry,
     Transport,
+    bypassed,
     classify,
     parse_retry_after,
+    proxy_for,
 )
 from tests.plugin.scripted_server import Answer, scripted_server
 
@@ -192,3 +198,150 @@ def test_a_slow_answer_times_out_and_is_retryable() -> None:
     assert isinstance(answer, Retry)
     assert answer.unreachable
     assert answer.reason.startswith(f"the collector at {server.url} did not answer in time")
+
+
+def test_a_base_path_in_the_url_prefixes_every_request() -> None:
+    with scripted_server() as server:
+        transport = Transport(server.url + "/collector/", environ={})
+        try:
+            assert isinstance(transport.post(b'{"results": []}'), Delivered)
+        finally:
+            transport.close()
+    assert [r.path for r in server.requests] == ["/collector/v1/results"]
+
+
+class _ClosingServer:
+    """Answers each request 202 (keep-alive), then closes the connection while idle, as a
+    server does when its keep-alive timeout passes."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(4)
+        self.sock.settimeout(10.0)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.connections = 0
+        self.thread = threading.Thread(target=self._serve, args=(2,), daemon=True)
+        self.thread.start()
+
+    def _serve(self, requests: int) -> None:
+        for _ in range(requests):
+            conn, _ = self.sock.accept()
+            self.connections += 1
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(65536)
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = next(
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                )
+                while len(body) < length:
+                    body += conn.recv(65536)
+                answer = b'{"accepted": 0}'
+                conn.sendall(
+                    b"HTTP/1.1 202 Accepted\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (len(answer), answer)
+                )
+                conn.shutdown(socket.SHUT_RDWR)
+
+
+def test_an_idle_connection_the_server_closed_is_replaced_not_failed() -> None:
+    server = _ClosingServer()
+    transport = Transport(server.url, environ={})
+    try:
+        first = transport.post(b'{"results": []}')
+        deadline = time.monotonic() + 5.0
+        while server.connections < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.05)  # the server's FIN reaches the client
+        second = transport.post(b'{"results": []}')
+    finally:
+        transport.close()
+        server.thread.join(10)
+        server.sock.close()
+    assert (first, second) == (Delivered(202, 0), Delivered(202, 0))
+    assert server.connections == 2
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "no_proxy", "expected"),
+    [
+        pytest.param("collector.ci.example", 80, "", False, id="empty"),
+        pytest.param("collector.ci.example", 80, "*", True, id="star"),
+        pytest.param("collector.ci.example", 80, "collector.ci.example", True, id="host"),
+        pytest.param("collector.ci.example", 80, "other, ci.example", True, id="domain"),
+        pytest.param("collector.ci.example", 80, ".ci.example", True, id="dot-domain"),
+        pytest.param("collector.ci.example", 80, "i.example", False, id="not-a-suffix-label"),
+        pytest.param("127.0.0.1", 8765, "127.0.0.1:8765", True, id="host-port"),
+        pytest.param("127.0.0.1", 8000, "127.0.0.1:8765", False, id="other-port"),
+        pytest.param("Collector.CI.example", 80, "ci.EXAMPLE", True, id="case"),
+    ],
+)
+def test_no_proxy(host: str, port: int, no_proxy: str, expected: bool) -> None:
+    assert bypassed(host, port, no_proxy) is expected
+
+
+@pytest.mark.parametrize(
+    ("url", "environ", "expected"),
+    [
+        pytest.param("http://c:8765", {}, None, id="none"),
+        pytest.param(
+            "http://c:8765",
+            {"HTTP_PROXY": "http://proxy:3128"},
+            Proxy("proxy", 3128, None),
+            id="http",
+        ),
+        pytest.param("https://c", {"HTTP_PROXY": "http://proxy:3128"}, None, id="http-only"),
+        pytest.param(
+            "https://c",
+            {"HTTPS_PROXY": "proxy:8080", "https_proxy": "http://lower:8081"},
+            Proxy("lower", 8081, None),
+            id="lower-case-wins",
+        ),
+        pytest.param(
+            "http://c",
+            {"ALL_PROXY": "http://u%40x:p%3Aw@proxy"},
+            Proxy("proxy", 80, "Basic " + base64.b64encode(b"u@x:p:w").decode()),
+            id="all-with-credentials",
+        ),
+        pytest.param(
+            "http://c", {"HTTP_PROXY": "http://proxy:3128", "NO_PROXY": "c"}, None, id="no-proxy"
+        ),
+    ],
+)
+def test_proxy_from_the_environment(
+    url: str, environ: dict[str, str], expected: Proxy | None
+) -> None:
+    assert proxy_for(url, environ) == expected
+
+
+def test_an_http_collector_is_reached_through_the_proxy_with_credentials() -> None:
+    with scripted_server() as proxy:
+        port = proxy.url.rsplit(":", 1)[1]
+        environ = {"HTTP_PROXY": f"http://ci:s3cret@127.0.0.1:{port}"}
+        transport = Transport("http://collector.invalid:8765", environ=environ)
+        try:
+            assert transport.post(b'{"results": []}') == Delivered(202, 0)
+        finally:
+            transport.close()
+    (request,) = proxy.requests
+    assert request.path == "http://collector.invalid:8765/v1/results"
+    assert request.headers["Proxy-Authorization"] == "Basic " + base64.b64encode(
+        b"ci:s3cret"
+    ).decode("ascii")
+
+
+def test_an_https_collector_is_tunnelled_and_a_refused_tunnel_is_retryable() -> None:
+    with scripted_server() as proxy:  # it answers CONNECT with 501: no tunnel
+        transport = Transport("https://collector.invalid", environ={"HTTPS_PROXY": proxy.url})
+        try:
+            answer = transport.post(b'{"results": []}')
+        finally:
+            transport.close()
+    assert isinstance(answer, Retry)
+    assert answer.unreachable
+    assert answer.reason.startswith("could not reach the collector at https://collector.invalid")
+    assert "Tunnel connection failed: 501" in answer.reason
