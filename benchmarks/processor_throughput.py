@@ -10,10 +10,11 @@ entries (one per accepted batch of 500 results; 50 shards of a 25,000-test suite
 come back run after run), then a :class:`LocalProcessor` with the default settings applies it
 and the time until it has caught up is measured.  Two ways, alternately:
 
-- *from the log*: the processor reads and decodes the entries (after a restart, or when it
-  lags by more than it holds in memory);
+- *from the log*: the processor reads and decodes the entries the collector writes for
+  checked batches (their bodies as sent): what the processor process does (the default),
+  and the thread mode after a restart or when it lags by more than it holds in memory;
 - *handed over*: the entries reach it the way the log writer hands them over after each
-  commit, already decoded (the collector's normal path).
+  commit, already decoded into records (the thread mode's normal path).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from collector_server.settings import CollectorSettings
 from collector_server.sinks.local import (
     LocalLog,
     decode_entry,
+    decode_entry_rows,
     encode_body_entry,
     encode_entry,
 )
@@ -47,21 +49,27 @@ from pytest_testengine.model import Record, records_of
 BATCH = 500
 
 
-def batches(entries: int) -> list[list[Record]]:
+def batches(entries: int) -> tuple[list[list[Record]], list[bytes]]:
+    """The same batches as records (the thread mode's handoff) and as the log entries the
+    collector writes for them (checked bodies, what the processor process reads)."""
     limits = ingest.Limits.from_settings(CollectorSettings())
-    out = []
+    records, bodies = [], []
     for _ in range(entries):
         raw = gzip.decompress(loadgen.body(BATCH, next(loadgen._runs)))
-        out.append(records_of("default", ingest.validate_batch(orjson.loads(raw), limits)))
-    return out
+        obj = orjson.loads(raw)
+        records.append(records_of("default", ingest.validate_batch(obj, limits)))
+        checked = ingest.check_batch(obj, raw, limits)
+        assert isinstance(checked, ingest.Checked)
+        bodies.append(encode_body_entry("default", checked.run, checked.body))
+    return records, bodies
 
 
-def apply_once(records: Sequence[list[Record]], handed: bool) -> float:
+def apply_once(records: Sequence[list[Record]], bodies: Sequence[bytes], handed: bool) -> float:
     settings = CollectorSettings()
     with harness.workdir("processor") as tmp:
         log = LocalLog(tmp / "log.db")
         log.open()
-        offset = log.append([encode_entry(r) for r in records])
+        offset = log.append([encode_entry(r) for r in records] if handed else list(bodies))
         first = offset - len(records) + 1
         store = SqliteStore(tmp / "store.db").open()
         processor = LocalProcessor(
@@ -96,16 +104,30 @@ def stages(entries: int, rounds: int) -> str:
         for c in checked
         if isinstance(c, ingest.Checked)
     ]
-    decoded = [decode_entry(e) for e in body_entries]
+    rows = [decode_entry_rows(e) for e in body_entries]
     count = entries * BATCH
+    step = max(1, 5000 // BATCH)
+    rounds_of_rows = [
+        [g for gs in rows[start : start + step] for g in gs] for start in range(0, entries, step)
+    ]
+
+    def prepare() -> None:
+        with harness.workdir("stages") as tmp:
+            store = SqliteStore(tmp / "store.db")
+            for groups in rounds_of_rows:
+                store.prepare(groups)
 
     def write_store() -> None:
         with harness.workdir("stages") as tmp:
             store = SqliteStore(tmp / "store.db").open()
-            step = max(1, 5000 // BATCH)
-            for start in range(0, len(decoded), step):
-                store.write([r for rs in decoded[start : start + step] for r in rs])
+            prepared = [store.prepare(groups) for groups in rounds_of_rows]
+            start = time.process_time()
+            for work in prepared:
+                store.write_prepared(work)
+            spent[0] += time.process_time() - start
             store.close()
+
+    spent = [0.0]
 
     steps: list[tuple[str, str, Callable[[], object]]] = [
         ("collector", "gunzip", lambda: [ingest.gunzip(b, 1 << 30) for b in bodies]),
@@ -130,29 +152,41 @@ def stages(entries: int, rounds: int) -> str:
             "encode records into a log entry",
             lambda: [encode_entry(r) for r in full],
         ),
-        ("processor", "decode a log entry", lambda: [decode_entry(e) for e in body_entries]),
+        (
+            "(before)",
+            "decode a log entry into Records",
+            lambda: [decode_entry(e) for e in body_entries],
+        ),
+        (
+            "processor",
+            "decode a log entry into rows",
+            lambda: [decode_entry_rows(e) for e in body_entries],
+        ),
+        ("processor", "prepare a write (Python, 5,000 per transaction)", prepare),
         ("processor", "store write (SQLite, 5,000 per transaction)", write_store),
     ]
-    rows = []
+    table = []
     for where, name, work in steps:
         times = []
         for _ in range(rounds):
+            spent[0] = 0.0
             start = time.process_time()
             work()
-            times.append((time.process_time() - start) / count * 1e6)
-        rows.append((where, name, harness.Spread.of(times).fmt("", 1)))
+            took = spent[0] or time.process_time() - start  # the store write alone
+            times.append(took / count * 1e6)
+        table.append((where, name, harness.Spread.of(times).fmt("", 1)))
     title = (
         f"### Where the time goes: CPU µs per result of each step, {count:,} results "
         f"(median (min-max) of {rounds})\n\n"
     )
-    return title + harness.table(["process", "step", "µs per result"], rows, "llr")
+    return title + harness.table(["process", "step", "µs per result"], table, "llr")
 
 
 def measure(entries: int, rounds: int, warmup: int) -> str:
-    records = batches(entries)
+    records, bodies = batches(entries)
     runs: dict[str, Callable[[], float]] = {
-        "from the log (read and decode)": lambda: apply_once(records, False),
-        "handed over after each commit": lambda: apply_once(records, True),
+        "from the log (read and decode)": lambda: apply_once(records, bodies, False),
+        "handed over after each commit": lambda: apply_once(records, bodies, True),
     }
     found = harness.alternate(runs, rounds=rounds, warmup=warmup, progress=harness.log)
     rows = [(name, found.spread(name).fmt("", 0)) for name in found.names]

@@ -17,10 +17,15 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Final
 
-from collector_server.sinks.local import LocalLog, decode_entry
+from collector_server.sinks.local import LocalLog, decode_entry_rows
 from collector_server.store import Store
+from collector_server.store.rows import RunRows, records_of_rows, rows_of_records
+from collector_server.store.sqlite import SqliteStore
+from collector_server.store.sqlite_write import PreparedWrite
 from pytest_testengine.model import Record
 
 log = logging.getLogger("testengine.collector.processor")
@@ -31,6 +36,17 @@ IDLE_WAIT: Final = 1.0  # seconds between checks when nobody wakes us
 RETRY_WAIT: Final = 1.0  # seconds before retrying a failed store write
 DRAIN_TIME: Final = 10.0  # seconds a stopping processor keeps applying what is left
 HANDOFF_RECORDS: Final = 200_000  # records held in memory from the sink; beyond, read the log
+
+
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    """One round: the entries after offset ``after`` up to ``last``, ``count`` results,
+    prepared for the store (a :class:`PreparedWrite`, or rows for another store)."""
+
+    after: int
+    last: int
+    count: int
+    work: PreparedWrite | list[RunRows]
 
 
 class LocalProcessor:
@@ -60,6 +76,9 @@ class LocalProcessor:
         self._progress = threading.Condition()
         self._thread: threading.Thread | None = None
         self._drain = True
+        # once started: reads the next round from the log while one is written
+        self._reader: ThreadPoolExecutor | None = None
+        self._ahead: Future[_Batch] | None = None
 
     def start(self) -> None:
         self.offset = self.store.offsets().get(self.source, 0)
@@ -76,6 +95,7 @@ class LocalProcessor:
         self.log.mark_consumed(self.offset)
         self._stopping.clear()
         self._drain = True
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="testengine-processor-read")
         self._thread = threading.Thread(target=self._run, name="testengine-processor")
         self._thread.start()
 
@@ -142,19 +162,46 @@ class LocalProcessor:
         handed = self._take_handoff()
         if handed is not None:
             records, last = handed
+            batch = _Batch(self.offset, last, len(records), self._prepare(rows_of_records(records)))
         else:
-            records, last = self._read_log()
-        if last == self.offset:
+            batch = self._next_from_log()
+        if batch.last == self.offset:
             return 0
-        new = self.store.write(records, offsets={self.source: last})
-        applied = last - self.offset
+        reader = self._reader
+        if reader is not None and handed is None and self.log.last_offset > batch.last:
+            # read and prepare the next round while this one is written (SQLite lets go of
+            # the GIL while it works, so the two overlap)
+            self._ahead = reader.submit(self._read_log, batch.last)
+        new = self._write(batch)
+        applied = batch.last - self.offset
         with self._progress:
-            self.offset = last
+            self.offset = batch.last
             self._progress.notify_all()
-        self.log.mark_consumed(last)
+        self.log.mark_consumed(batch.last)
         if self.on_applied is not None:
-            self.on_applied(len(records), new)
+            self.on_applied(batch.count, new)
         return applied
+
+    def _prepare(self, groups: list[RunRows]) -> PreparedWrite | list[RunRows]:
+        store = self.store
+        return store.prepare(groups) if isinstance(store, SqliteStore) else groups
+
+    def _write(self, batch: _Batch) -> int:
+        offsets = {self.source: batch.last}
+        store, work = self.store, batch.work
+        if isinstance(work, PreparedWrite) and isinstance(store, SqliteStore):
+            return store.write_prepared(work, offsets=offsets)
+        assert isinstance(work, list)
+        return store.write(records_of_rows(work), offsets=offsets)
+
+    def _next_from_log(self) -> _Batch:
+        """The batch after our offset: the one read ahead if it is that one, else read now."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            batch = ahead.result()  # a failure to read raises here, and is retried
+            if batch.after == self.offset:
+                return batch
+        return self._read_log(self.offset)
 
     def _behind(self) -> bool:
         """More is written than we hold in memory: no point waiting for more (lingering
@@ -163,29 +210,41 @@ class LocalProcessor:
             held = self._handoff[-1][0] if self._handoff else self.offset
         return self.log.last_offset > held
 
-    def _read_log(self) -> tuple[list[Record], int]:
-        records: list[Record] = []
-        last = self.offset
-        for offset, data in self.log.iter_from(self.offset, READ_ENTRIES):
+    def _read_log(self, after: int) -> _Batch:
+        groups: list[RunRows] = []
+        count = 0
+        last = after
+        for offset, data in self.log.iter_from(after, READ_ENTRIES):
             try:
-                records.extend(decode_entry(data))
+                rows = decode_entry_rows(data)
             except (ValueError, KeyError, TypeError) as exc:
                 log.error("[testengine] skipping unreadable log entry %d: %s", offset, exc)
+            else:
+                groups.extend(rows)
+                count += sum(len(g.rows) for g in rows)
             last = offset
-            if len(records) >= self.batch_records:
+            if count >= self.batch_records:
                 break
-        return records, last
+        return _Batch(after, last, count, self._prepare(groups))
 
     def _run(self) -> None:
-        self._loop()
-        if not self._drain:
-            return
-        deadline = time.monotonic() + DRAIN_TIME  # stopping: apply what is left, bounded
         try:
-            while time.monotonic() < deadline and self.step():
-                pass
-        except Exception as exc:
-            log.warning("[testengine] stopped with log entries left to apply: %s", exc)
+            self._loop()
+            if not self._drain:
+                return
+            deadline = time.monotonic() + DRAIN_TIME  # stopping: apply what is left, bounded
+            try:
+                while time.monotonic() < deadline and self.step():
+                    pass
+            except Exception as exc:
+                log.warning("[testengine] stopped with log entries left to apply: %s", exc)
+        finally:
+            reader, self._reader = self._reader, None
+            ahead, self._ahead = self._ahead, None
+            if ahead is not None:
+                ahead.cancel()
+            if reader is not None:
+                reader.shutdown(wait=True)
 
     def _loop(self) -> None:
         while not self._stopping.is_set():

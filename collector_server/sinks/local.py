@@ -29,7 +29,9 @@ from typing import Any, Final
 import orjson
 
 from collector_server.sinks import SinkUnavailable
+from collector_server.store.rows import RunRows, rows_of_checked, rows_of_records
 from pytest_testengine.model import (
+    OUTCOMES,
     RESULT_FIELDS,
     Record,
     Result,
@@ -111,6 +113,19 @@ def decode_entry(data: bytes) -> list[Record]:
                 result = result_from_dict(r)
             append(Record(tenant, run, result))
     return records
+
+
+def decode_entry_rows(data: bytes) -> list[RunRows]:
+    """The rows of one log entry (what :func:`decode_entry` gives, without a Result or Record
+    per result); raises ValueError/KeyError/TypeError if it is malformed."""
+    obj = orjson.loads(data)
+    if obj.get("v") != BODY_ENTRY_VERSION:
+        return rows_of_records(decode_entry(data))
+    rows = rows_of_checked(obj["batch"]["results"])  # checked at ingest: every field, typed
+    unknown = {row[3] for row in rows} - OUTCOMES
+    if unknown:
+        raise ValueError(f"unknown outcome {sorted(unknown)[0]!r}")
+    return [RunRows(str(obj["tenant"]), run_from_dict(obj["run"]), rows)]
 
 
 def connect(path: Path) -> sqlite3.Connection:

@@ -21,11 +21,9 @@ from __future__ import annotations
 import contextlib
 import queue
 import sqlite3
-import statistics
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -39,15 +37,22 @@ from collector_server.store import (
     decode_cursor,
     encode_cursor,
 )
-from pytest_testengine.model import OUTCOMES, Record, run_to_dict
+from collector_server.store.rows import RunRows, rows_of_records
+from collector_server.store.sqlite_write import (
+    OUTCOME_COLUMNS,
+    OUTCOME_LIST,
+    RECENT_DURATIONS,
+    PreparedWrite,
+    apply,
+    chunks,
+    prepare,
+)
+from pytest_testengine.model import Record
 
 T = TypeVar("T")
 
 STORE_FILE: Final = "store.db"
-RECENT_DURATIONS: Final = 20
-CHUNK: Final = 500  # parameters per IN (...) query
-ROWS_PER_INSERT: Final = 400  # rows per multi-row INSERT (at most 32766 parameters)
-OUTCOME_COLUMNS: Final = tuple(sorted(OUTCOMES))
+__all__ = ["RECENT_DURATIONS", "STORE_FILE", "SqliteStore"]
 
 _SCHEMA: Final = f"""
 CREATE TABLE IF NOT EXISTS suites (
@@ -117,56 +122,12 @@ CREATE TABLE IF NOT EXISTS build_runs (
 ) WITHOUT ROWID;
 """
 
-_OUTCOME_LIST: Final = ", ".join(OUTCOME_COLUMNS)
-_OUTCOME_MARKS: Final = ", ".join("?" for _ in OUTCOME_COLUMNS)
-_OUTCOME_ADD: Final = ", ".join(f"{o} = {o} + excluded.{o}" for o in OUTCOME_COLUMNS)
-
 
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     return conn
-
-
-def _insert_rows(conn: sqlite3.Connection, head: str, width: int, params: list[Any]) -> None:
-    """Insert rows given as one flat parameter list, many rows per statement: one SQLite step
-    per chunk instead of one per row (much less time spent handing the GIL back and forth)."""
-    per_row = "(" + ", ".join("?" * width) + ")"
-    step = ROWS_PER_INSERT * width
-    for start in range(0, len(params), step):
-        part = params[start : start + step]
-        conn.execute(head + ", ".join([per_row] * (len(part) // width)), part)
-
-
-def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-@dataclass(slots=True)
-class _TestDelta:
-    file: str
-    runs: int = 0
-    counts: dict[str, int] = field(default_factory=dict)
-    durations: list[float] = field(default_factory=list)
-    last_outcome: str = ""
-    last_seen: float = 0.0
-
-    def outcomes(self) -> tuple[int, ...]:
-        return tuple(self.counts.get(o, 0) for o in OUTCOME_COLUMNS)
-
-
-@dataclass(slots=True)
-class _RunDelta:
-    info: bytes
-    started: float | None = None
-    finished: float | None = None
-    total: int = 0
-    counts: dict[str, int] = field(default_factory=dict)
-
-    def outcomes(self) -> tuple[int, ...]:
-        return tuple(self.counts.get(o, 0) for o in OUTCOME_COLUMNS)
 
 
 class SqliteStore:
@@ -204,13 +165,30 @@ class SqliteStore:
     # -- writes ----------------------------------------------------------------------------
 
     def write(self, records: Sequence[Record], *, offsets: Mapping[str, int] | None = None) -> int:
+        return self.write_rows(rows_of_records(records), offsets=offsets)
+
+    def write_rows(
+        self, groups: Sequence[RunRows], *, offsets: Mapping[str, int] | None = None
+    ) -> int:
+        """Like :meth:`write`, for results already turned into rows (see ``store.rows``)."""
+        return self.write_prepared(self.prepare(groups), offsets=offsets)
+
+    def prepare(self, groups: Sequence[RunRows]) -> PreparedWrite:
+        """The part of a write that needs no database (any thread may run it)."""
+        return prepare(groups, self.clock())
+
+    def write_prepared(
+        self, write: PreparedWrite, *, offsets: Mapping[str, int] | None = None
+    ) -> int:
+        """Apply a :meth:`prepare`-d write and the offsets in one transaction; return how many
+        results were new.  The write can be applied again after a failure."""
         with self._write_lock:
             conn = self._conn
             if conn is None:
                 raise sqlite3.ProgrammingError("store is closed")
             conn.execute("BEGIN IMMEDIATE")
             try:
-                new = self._write(conn, records)
+                new = apply(conn, write)
                 if offsets:
                     conn.executemany(
                         "INSERT OR REPLACE INTO offsets (source, position) VALUES (?, ?)",
@@ -222,170 +200,6 @@ class SqliteStore:
                     conn.execute("ROLLBACK")
                 raise
             return new
-
-    def _write(self, conn: sqlite3.Connection, records: Sequence[Record]) -> int:
-        fresh = self._new_records(conn, records)
-        if not fresh:
-            return 0
-        now = self.clock()
-        params: list[Any] = []
-        dumps = orjson.dumps
-        for r in fresh:
-            result = r.result
-            params += (
-                r.tenant,
-                result.id,
-                r.run.suite,
-                r.run.run_id,
-                result.nodeid,
-                result.outcome,
-                result.duration,
-                result.start,
-                dumps(result, default=dict),  # a dataclass: every field
-            )
-        _insert_rows(
-            conn,
-            "INSERT INTO results (tenant, id, suite, run_id, nodeid, outcome, duration, start,"
-            " data) VALUES ",
-            9,
-            params,
-        )
-        tests: dict[tuple[str, str, str], _TestDelta] = {}
-        runs: dict[tuple[str, str, str], _RunDelta] = {}
-        builds: list[tuple[Any, ...]] = []
-        suites: dict[tuple[str, str], int] = {}
-        for record in fresh:
-            result, run = record.result, record.run
-            seen = result.stop or now
-            key = (record.tenant, run.suite, result.nodeid)
-            test = tests.get(key)
-            if test is None:
-                test = tests[key] = _TestDelta(result.file)
-            test.runs += 1
-            test.counts[result.outcome] = test.counts.get(result.outcome, 0) + 1
-            if result.outcome == "passed":
-                test.durations.append(result.duration)
-            if seen >= test.last_seen:
-                test.last_seen, test.last_outcome = seen, result.outcome
-            run_key = (record.tenant, run.suite, run.run_id)
-            rd = runs.get(run_key)
-            if rd is None:
-                info = orjson.dumps(run_to_dict(run), default=dict)
-                rd = runs[run_key] = _RunDelta(info)
-                if run.build_id is not None:
-                    builds.append(
-                        (
-                            *run_key[:2],
-                            run.build_id,
-                            run.run_id,
-                            run.shard_index,
-                            run.shard_total,
-                            run.plan_id,
-                        )
-                    )
-            rd.total += 1
-            rd.counts[result.outcome] = rd.counts.get(result.outcome, 0) + 1
-            if result.start:
-                rd.started = result.start if rd.started is None else min(rd.started, result.start)
-            if result.stop:
-                rd.finished = result.stop if rd.finished is None else max(rd.finished, result.stop)
-            suites[(record.tenant, run.suite)] = suites.get((record.tenant, run.suite), 0) + 1
-        self._merge_tests(conn, tests)
-        conn.executemany(
-            f"INSERT INTO runs (tenant, suite, run_id, info, first_seen, last_seen, started,"
-            f" finished, total, {_OUTCOME_LIST}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?,"
-            f" {_OUTCOME_MARKS}) ON CONFLICT (tenant, suite, run_id) DO UPDATE SET"
-            " last_seen = excluded.last_seen,"
-            " started = coalesce(min(started, excluded.started), started, excluded.started),"
-            " finished = coalesce(max(finished, excluded.finished), finished, excluded.finished),"
-            f" total = total + excluded.total, {_OUTCOME_ADD}",
-            [
-                (*key, d.info, now, now, d.started, d.finished, d.total, *d.outcomes())
-                for key, d in runs.items()
-            ],
-        )
-        if builds:
-            conn.executemany(
-                "INSERT OR IGNORE INTO build_runs (tenant, suite, build_id, run_id, shard_index,"
-                " shard_total, plan_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                builds,
-            )
-        conn.executemany(
-            "INSERT INTO suites (tenant, suite, first_seen, last_seen, results)"
-            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (tenant, suite) DO UPDATE SET"
-            " last_seen = excluded.last_seen, results = results + excluded.results",
-            [(*key, now, now, count) for key, count in suites.items()],
-        )
-        return len(fresh)
-
-    def _new_records(self, conn: sqlite3.Connection, records: Sequence[Record]) -> list[Record]:
-        """Records whose (tenant, id) is neither stored nor earlier in ``records``."""
-        by_tenant: dict[str, list[str]] = {}
-        for record in records:
-            by_tenant.setdefault(record.tenant, []).append(record.result.id)
-        known: set[tuple[str, str]] = set()
-        for tenant, ids in by_tenant.items():
-            for chunk in _chunks(ids):
-                rows = conn.execute(
-                    "SELECT id FROM results WHERE tenant = ? AND id IN"
-                    f" ({', '.join('?' * len(chunk))})",
-                    (tenant, *chunk),
-                )
-                known.update((tenant, row[0]) for row in rows)
-        fresh: list[Record] = []
-        for record in records:
-            key = (record.tenant, record.result.id)
-            if key not in known:
-                known.add(key)
-                fresh.append(record)
-        return fresh
-
-    def _merge_tests(
-        self, conn: sqlite3.Connection, tests: dict[tuple[str, str, str], _TestDelta]
-    ) -> None:
-        by_suite: dict[tuple[str, str], list[str]] = {}
-        for tenant, suite, nodeid in tests:
-            by_suite.setdefault((tenant, suite), []).append(nodeid)
-        rows: list[tuple[Any, ...]] = []
-        for (tenant, suite), nodeids in by_suite.items():
-            for chunk in _chunks(nodeids):
-                for row in conn.execute(
-                    f"SELECT nodeid, runs, {_OUTCOME_LIST}, durations, last_outcome, last_seen"
-                    " FROM tests WHERE tenant = ? AND suite = ? AND nodeid IN"
-                    f" ({', '.join('?' * len(chunk))})",
-                    (tenant, suite, *chunk),
-                ):
-                    delta = tests[(tenant, suite, row[0])]
-                    delta.runs += row[1]
-                    for i, outcome in enumerate(OUTCOME_COLUMNS, start=2):
-                        delta.counts[outcome] = delta.counts.get(outcome, 0) + row[i]
-                    n = 2 + len(OUTCOME_COLUMNS)
-                    delta.durations[:0] = orjson.loads(row[n])
-                    if row[n + 2] > delta.last_seen:
-                        delta.last_seen, delta.last_outcome = row[n + 2], row[n + 1]
-        for (tenant, suite, nodeid), d in tests.items():
-            recent = d.durations[-RECENT_DURATIONS:]
-            rows.append(
-                (
-                    tenant,
-                    suite,
-                    nodeid,
-                    d.file,
-                    d.runs,
-                    *d.outcomes(),
-                    orjson.dumps(recent),
-                    statistics.median(recent) if recent else None,
-                    d.last_outcome,
-                    d.last_seen,
-                )
-            )
-        _insert_rows(
-            conn,
-            f"INSERT OR REPLACE INTO tests (tenant, suite, nodeid, file, runs, {_OUTCOME_LIST},"
-            " durations, median, last_outcome, last_seen) VALUES ",
-            9 + len(OUTCOME_COLUMNS),
-            [value for row in rows for value in row],
-        )
 
     def offsets(self) -> dict[str, int]:
         with self._reading() as conn:
@@ -436,7 +250,7 @@ class SqliteStore:
     def tests(self, tenant: str, suite: str, *, limit: int, cursor: str | None = None) -> Page:
         after = "" if cursor is None else _cursor_value("tests", cursor, str)
         rows, nxt = self._page(
-            f"SELECT nodeid, file, runs, {_OUTCOME_LIST}, durations, median, last_outcome,"
+            f"SELECT nodeid, file, runs, {OUTCOME_LIST}, durations, median, last_outcome,"
             " last_seen FROM tests WHERE tenant = ? AND suite = ? AND nodeid > ?"
             " ORDER BY nodeid LIMIT ?",
             (tenant, suite, after),
@@ -462,7 +276,7 @@ class SqliteStore:
     def runs(self, tenant: str, suite: str, *, limit: int, cursor: str | None = None) -> Page:
         before = 2**63 - 1 if cursor is None else _cursor_value("runs", cursor, int)
         rows, nxt = self._page(
-            f"SELECT seq, info, first_seen, last_seen, started, finished, total, {_OUTCOME_LIST}"
+            f"SELECT seq, info, first_seen, last_seen, started, finished, total, {OUTCOME_LIST}"
             " FROM runs WHERE tenant = ? AND suite = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
             (tenant, suite, before),
             limit,
@@ -530,7 +344,7 @@ class SqliteStore:
                 )
             ]
             counts: dict[str, int] = {}
-            for chunk in _chunks([r.run_id for r in runs]):
+            for chunk in chunks([r.run_id for r in runs]):
                 for nodeid, n in conn.execute(
                     "SELECT nodeid, count(DISTINCT run_id) FROM results WHERE tenant = ?"
                     f" AND suite = ? AND run_id IN ({', '.join('?' * len(chunk))})"
