@@ -22,13 +22,12 @@ from pytest_testengine.config import ConfigError, Settings, resolve
 from pytest_testengine.tags import MARKER_HELP
 
 if TYPE_CHECKING:
-    from pytest_testengine.recording import Recorder
+    from pytest_testengine.recording import Recorder, Tagger
     from pytest_testengine.sharding import SplitSpec
 
 SETTINGS = pytest.StashKey[Settings]()
 RECORDER: pytest.StashKey[Recorder] = pytest.StashKey()
-#: Tags added at run time by the ``testengine_tags`` fixture.
-FIXTURE_TAGS = pytest.StashKey[dict[str, str]]()
+TAGGER: pytest.StashKey[Tagger] = pytest.StashKey()
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -88,9 +87,13 @@ def _register_sharder(config: pytest.Config, settings: Settings, split: SplitSpe
 def _register_recording(config: pytest.Config, settings: Settings, *, waits_for_plan: bool) -> None:
     from pytest_testengine import recording  # only now: httpx and the sender cost imports
 
-    config.pluginmanager.register(recording.Tagger(FIXTURE_TAGS), "testengine-tagger")
-    if not hasattr(config, "workerinput"):  # not an xdist worker: results are sent from here
-        recorder = recording.Recorder(config, settings)
+    tagger = recording.Tagger()
+    config.stash[TAGGER] = tagger
+    config.pluginmanager.register(tagger, "testengine-tagger")
+    if hasattr(config, "workerinput"):  # an xdist worker: tags travel on the reports
+        config.pluginmanager.register(recording.WorkerTagger(tagger), "testengine-worker-tagger")
+    else:  # results are sent from here
+        recorder = recording.Recorder(config, settings, tagger)
         recorder.wait_for_plan = waits_for_plan
         config.stash[RECORDER] = recorder
         config.pluginmanager.register(recorder, "testengine-recorder")
@@ -103,8 +106,9 @@ def testengine_tags(request: pytest.FixtureRequest) -> Callable[..., None]:
     ``testengine_tags(team="api")`` or ``testengine_tags("team", "api")``; values are
     converted with ``str()``.  These win over marker and hook tags of the same key.
     """
-    node = request.node
-    tags = node.stash.setdefault(FIXTURE_TAGS, {})
+    tagger = request.config.stash.get(TAGGER, None)
+    # recording off: the tags go nowhere, the test runs the same
+    tags = tagger.runtime.setdefault(request.node.nodeid, {}) if tagger is not None else {}
 
     def add(key: str | None = None, value: object = None, /, **more: object) -> None:
         if key is not None:

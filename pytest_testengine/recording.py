@@ -16,7 +16,7 @@ import platform
 import shlex
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -40,54 +40,105 @@ from pytest_testengine.tags import (
 from pytest_testengine.transport import Transport
 
 PREFIX: Final = "[testengine]"
+#: Reports per result at most (setup, call, teardown): the sender's queue counts reports.
+REPORTS_PER_RESULT: Final = 3
 DROPPED_HELP: Final = "docs/troubleshooting.md#results-were-dropped"
 
 
-def gather_tags(
-    item: pytest.Item, fixture_key: pytest.StashKey[dict[str, str]], *, hook: bool = True
-) -> dict[str, str]:
-    """Markers, then the ``pytest_testengine_tags`` hook, then the fixture (highest)."""
-    tags = marker_tags(item.iter_markers(MARKER))
-    if hook:
-        for found in item.ihook.pytest_testengine_tags(item=item):
-            if isinstance(found, Mapping):
-                tags.update({str(k): str(v) for k, v in found.items()})
-    fixture_tags = item.stash.get(fixture_key, None)
-    if fixture_tags:
-        tags.update(fixture_tags)
+def marked_tags(items: Iterable[pytest.Item]) -> dict[str, dict[str, str]]:
+    """The ``testengine`` marker tags of each item that has any, by node id.
+
+    Each node's own markers are looked at once (modules and classes are shared by many
+    items), so a suite without the marker costs one short scan per item."""
+    marked: dict[int, bool] = {}
+
+    def has_marker(node: pytest.Item | pytest.Collector | None) -> bool:
+        if node is None:
+            return False
+        found = marked.get(id(node))
+        if found is None:
+            found = any(mark.name == MARKER for mark in node.own_markers)
+            found = marked[id(node)] = found or has_marker(node.parent)
+        return found
+
+    tags = {}
+    for item in items:
+        if has_marker(item):
+            found = marker_tags(item.iter_markers(MARKER))
+            if found:
+                tags[item.nodeid] = found
     return tags
 
 
 class Tagger:
-    """Attaches each test's tags to its teardown report, where the test runs.
+    """The tags of each test, put on its teardown report where the test runs (the main
+    process or an xdist worker: pytest-xdist serialises the attribute to the controller).
 
-    Tags are gathered when the teardown phase starts (so the fixture's tags from the test body
-    count) and put on the teardown report before anything else sees it: pytest-xdist
-    serialises the report, attribute included, to the controller.
+    Marker tags are read once, when collection ends; the ``testengine_tags`` fixture writes
+    into :attr:`runtime` while the test runs; the ``pytest_testengine_tags`` hook, when some
+    plugin implements it, is asked as the test's teardown starts (:class:`HookTagger`).  A run
+    without tags pays one check per teardown report and no per-test hook.
     """
 
-    def __init__(self, fixture_key: pytest.StashKey[dict[str, str]]) -> None:
-        self.fixture_key = fixture_key
-        self._tags: dict[str, dict[str, str]] = {}
-        self._hook: bool | None = None  # whether any plugin implements the tags hook
+    def __init__(self) -> None:
+        self.marked: dict[str, dict[str, str]] = {}
+        #: Tags of the fixture and the hook, by node id, until the test's teardown report.
+        self.runtime: dict[str, dict[str, str]] = {}
+
+    @pytest.hookimpl(trylast=True)  # after collection_finish hooks that add markers
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        self.marked = marked_tags(session.items)
+        config = session.config
+        if config.hook.pytest_testengine_tags.get_hookimpls():
+            config.pluginmanager.register(HookTagger(self), "testengine-hook-tagger")
+
+    def attach(self, report: pytest.TestReport) -> None:
+        """Put the test's tags on its teardown report (markers, then hook, then fixture)."""
+        if not (self.marked or self.runtime):
+            return
+        nodeid = report.nodeid
+        tags = self.marked.get(nodeid)
+        runtime = self.runtime.pop(nodeid, None)
+        if runtime:
+            tags = {**tags, **runtime} if tags else runtime
+        if tags:
+            setattr(report, REPORT_ATTR, tags)
+
+
+class HookTagger:
+    """Asks the ``pytest_testengine_tags`` hook for each test's tags as its teardown starts
+    (registered only when some plugin implements the hook)."""
+
+    def __init__(self, tagger: Tagger) -> None:
+        self.tagger = tagger
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_teardown(self, item: pytest.Item) -> None:
-        if self._hook is None:
-            self._hook = bool(item.config.hook.pytest_testengine_tags.get_hookimpls())
+        tags: dict[str, str] = {}
         try:
-            tags = gather_tags(item, self.fixture_key, hook=self._hook)
+            for found in item.ihook.pytest_testengine_tags(item=item):
+                if isinstance(found, Mapping):
+                    tags.update({str(k): str(v) for k, v in found.items()})
         except Exception as exc:  # a broken hook implementation must not break the run
             tags = {"testengine.error": f"tags: {type(exc).__name__}: {exc}"[:128]}
+        runtime = self.tagger.runtime
+        fixture_tags = runtime.get(item.nodeid)
+        if fixture_tags:
+            tags.update(fixture_tags)  # the fixture's tags win
         if tags:
-            self._tags[item.nodeid] = tags
+            runtime[item.nodeid] = tags
+
+
+class WorkerTagger:
+    """On an xdist worker: tags go on the teardown report before xdist sends it."""
+
+    def __init__(self, tagger: Tagger) -> None:
+        self.tagger = tagger
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if self._tags and report.when == "teardown":
-            tags = self._tags.pop(report.nodeid, None)
-            if tags:
-                setattr(report, REPORT_ATTR, tags)
+        if report.when == "teardown":
+            self.tagger.attach(report)
 
 
 def run_info(settings: Settings, *, pytest_version: str) -> dict[str, Any]:
@@ -152,9 +203,12 @@ def summary_line(summary: Summary, tag_notes: list[str], tag_note_count: int) ->
 class Recorder:
     """Records every result of the session and delivers it."""
 
-    def __init__(self, config: pytest.Config, settings: Settings) -> None:
+    def __init__(
+        self, config: pytest.Config, settings: Settings, tagger: Tagger | None = None
+    ) -> None:
         self.config = config
         self.settings = settings
+        self.tagger = tagger
         self.assembler = Assembler(
             message_limit=settings.message_limit,
             limits=Limits(settings.max_tags, settings.max_tag_length),
@@ -169,7 +223,7 @@ class Recorder:
         self.wait_for_plan = False
         self.shard: dict[str, Any] = {}
         self._started = False
-        self._early: list[dict[str, Any]] = []  # collection results before the start
+        self._early: list[pytest.CollectReport] = []  # collection reports before the start
         self._start_lock = threading.Lock()
 
     def set_shard(self, plan_id: str | None, index: int, total: int) -> None:
@@ -183,9 +237,9 @@ class Recorder:
                 return
             try:
                 self.start()
-                for result in self._early:
+                for report in self._early:
                     if self.sender is not None:
-                        self.sender.submit(result)
+                        self.sender.submit(report)
             except Exception as exc:
                 self._failed(exc)
             self._early.clear()
@@ -215,12 +269,18 @@ class Recorder:
         policy = Policy(
             batch_size=settings.batch_size,
             batch_age=settings.batch_age,
-            queue_size=max(settings.queue_size, settings.batch_size),
+            # the queue holds reports until the sender thread turns them into results
+            queue_size=max(settings.queue_size, settings.batch_size) * REPORTS_PER_RESULT,
             flush_deadline=settings.flush_deadline,
             retry_budget=max(settings.flush_deadline, 1.0),
         )
         self.sender = Sender(
-            run=self.run, poster=poster, spool=Spool(spool_dir), output=output, policy=policy
+            run=self.run,
+            poster=poster,
+            spool=Spool(spool_dir),
+            output=output,
+            policy=policy,
+            converter=self.assembler,
         )
         self.sender.start()
 
@@ -236,27 +296,26 @@ class Recorder:
             self._start_once()
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        # the hot path, three times per test: hand the report over; the sender thread turns
+        # reports into results in batches (see Assembler.convert)
         if not self._started:
             self._start_once()
-        try:
-            result = self.assembler.test_report(report)
-            if result is not None and self.sender is not None:
-                self.sender.submit(result)
-        except Exception as exc:
-            self._failed(exc)
+        if self.tagger is not None and report.when == "teardown":
+            self.tagger.attach(report)
+        sender = self.sender
+        if sender is not None:
+            sender.submit(report)
 
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
-        try:
-            result = self.assembler.collect_report(report)
-            if result is not None and not self._started:
-                with self._start_lock:
-                    if not self._started:
-                        self._early.append(result)
-                        return
-            if result is not None and self.sender is not None:
-                self.sender.submit(result)
-        except Exception as exc:
-            self._failed(exc)
+        if report.outcome == "passed":
+            return  # only failed or skipped collections are results
+        if not self._started:
+            with self._start_lock:
+                if not self._started:
+                    self._early.append(report)
+                    return
+        if self.sender is not None:
+            self.sender.submit(report)
 
     def pytest_sessionfinish(self) -> None:
         self.finish()
@@ -280,15 +339,10 @@ class Recorder:
             return
         summary = Summary()
         try:
-            for result in self.assembler.unfinished():
-                sender.submit(result)
+            summary = sender.close()  # converts what is left, unfinished executions included
         except Exception as exc:
             self._failed(exc)
-        try:
-            summary = sender.close()
-        except Exception as exc:
-            self._failed(exc)
-        summary.problems[:0] = self.errors
+        summary.problems[:0] = self.errors + self.assembler.errors
         self.line = summary_line(summary, self.assembler.tag_notes, self.assembler.tag_note_count)
 
     def print_summary(self, write_line: Any) -> None:

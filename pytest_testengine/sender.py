@@ -45,6 +45,16 @@ class MonotonicClock:
         return time.monotonic()
 
 
+class Converter(Protocol):
+    """Turns submitted items into results in the sender thread, in submission order."""
+
+    def convert(self, items: list[Any]) -> list[dict[str, Any]]: ...
+
+    def rest(self) -> list[dict[str, Any]]:
+        """The results still open once every item is converted (the end of the run)."""
+        ...
+
+
 class Poster(Protocol):
     url: str
 
@@ -193,6 +203,7 @@ class Sender:
         output: OutputFile | None = None,
         policy: Policy | None = None,
         clock: Clock | None = None,
+        converter: Converter | None = None,
     ) -> None:
         self.policy = policy = policy or Policy()
         self.clock: Clock = clock or MonotonicClock()
@@ -205,7 +216,10 @@ class Sender:
         self._spool = spool
         self._output = output
         self._head = b'{"schema":%d,"run":%s,"results":' % (SCHEMA_VERSION, orjson.dumps(run))
-        self._pending: deque[dict[str, Any]] = deque()
+        self._converter = converter
+        self._convert_lock = threading.Lock()  # pop and convert as one step, in order
+        self._rest_taken = False
+        self._pending: deque[Any] = deque()
         self._oldest = 0.0  # when the oldest result in _pending was submitted (about)
         self._batcher = Batcher(policy.batch_size, policy.batch_age, self.clock)
         self._lock = threading.Lock()
@@ -229,13 +243,13 @@ class Sender:
         self._thread = threading.Thread(target=self._loop, name="testengine-sender", daemon=True)
         self._thread.start()
 
-    def submit(self, result: dict[str, Any]) -> None:
-        """Queue one result (cheap: called from the pytest hooks)."""
-        self.summary.submitted += 1
+    def submit(self, item: Any) -> None:
+        """Queue one result, or one item of the converter (cheap: called from the pytest
+        hooks; converting and encoding happen in the sender thread)."""
         pending = self._pending
         if not pending:  # its age counts from now, not from when the thread picks it up
             self._oldest = self.clock.now()
-        pending.append(result)
+        pending.append(item)
         if len(pending) >= self.policy.batch_size:
             if len(pending) >= self.policy.queue_size:
                 self._spill()
@@ -259,8 +273,7 @@ class Sender:
         alive = thread is not None and thread.is_alive()
         self._give_up = True  # from here on, whatever is left goes to the spool
         rest = [] if alive else self._batcher.take()
-        while self._pending:
-            rest.append(self._pending.popleft())
+        rest += self._take(final=True)
         for start in range(0, len(rest), self.policy.batch_size):
             self._ship(rest[start : start + self.policy.batch_size])
         if not alive and self._poster is not None:
@@ -285,24 +298,35 @@ class Sender:
                     wait = max(0.0, self._oldest + self.policy.batch_age - self.clock.now())
                 self._wake.wait(self.policy.batch_age if wait is None else wait)
                 self._wake.clear()
-            self._drain()
+            self._drain(final=True)
             rest = self._batcher.take()
             if rest:
                 self._ship(rest)
         except Exception as exc:  # never let the thread die silently
             self._problem(f"internal error in the sender: {type(exc).__name__}: {exc}")
 
-    def _drain(self) -> None:
-        pending, add = self._pending, self._batcher.add
+    def _take(self, final: bool = False, limit: int | None = None) -> list[dict[str, Any]]:
+        """Take what waits (at most ``limit`` items), as results in submission order;
+        ``final``: and what the converter still holds (once)."""
+        with self._convert_lock:
+            pending = self._pending
+            count = len(pending) if limit is None else min(limit, len(pending))
+            items = [pending.popleft() for _ in range(count)]
+            converter = self._converter
+            results = items if converter is None or not items else converter.convert(items)
+            if final and not self._rest_taken and converter is not None:
+                self._rest_taken = True
+                results += converter.rest()
+        self._count("submitted", len(results))
+        return results
+
+    def _drain(self, final: bool = False) -> None:
         # a batch started here is as old as the oldest result waiting (submit() noted when it
         # came); a batch started after a full one counts from now
-        since = min(self._oldest, self.clock.now()) if not self._batcher and pending else None
-        while pending:
-            try:
-                item = pending.popleft()
-            except IndexError:  # taken by a spill meanwhile
-                return
-            full = add(item, since)
+        since = min(self._oldest, self.clock.now()) if not self._batcher and self._pending else None
+        add = self._batcher.add
+        for result in self._take(final):
+            full = add(result, since)
             since = None
             if full:
                 self._ship(full)
@@ -380,13 +404,7 @@ class Sender:
 
     def _spill(self) -> None:
         """Move the oldest waiting batch to the spool (the queue is full)."""
-        batch: list[dict[str, Any]] = []
-        pending = self._pending
-        for _ in range(self.policy.batch_size):
-            try:
-                batch.append(pending.popleft())
-            except IndexError:
-                break
+        batch = self._take(limit=self.policy.batch_size)
         if not batch:
             return
         if self._output is not None:

@@ -348,3 +348,57 @@ def test_an_unwritable_output_file_is_reported_and_the_results_still_sent(
         f"could not write {out} ([Errno 21] Is a directory: '{out}')"
     ]
     assert len(stored(collector, 1)) == 1
+
+
+def test_marker_tags_of_classes_params_and_markers_added_at_collection(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makeconftest(
+        """
+        import pytest
+
+        def pytest_collection_modifyitems(items):
+            for item in items:
+                if item.name == "test_added":
+                    item.add_marker(pytest.mark.testengine(origin="conftest"))
+        """
+    )
+    pytester.makepyfile(
+        test_tags="""
+        import pytest
+
+        @pytest.mark.testengine(level="class")
+        class TestGroup:
+            @pytest.mark.testengine(level="method", size="small")
+            def test_method(self):
+                pass
+
+            def test_inherits(self):
+                pass
+
+        @pytest.mark.parametrize(
+            "n", [1, pytest.param(2, marks=pytest.mark.testengine(param="two"))]
+        )
+        def test_param(n):
+            pass
+
+        def test_added():
+            pass
+
+        def test_none(testengine_tags):
+            pass
+        """
+    )
+    out = pytester.path / "results.jsonl"
+    run = pytester.runpytest_subprocess("--testengine-output", str(out), "-p", "no:cacheprovider")
+    run.assert_outcomes(passed=6)
+    lines = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+    tags = {line["result"]["nodeid"]: line["result"]["tags"] for line in lines[1:]}
+    assert tags == {
+        "test_tags.py::TestGroup::test_method": {"level": "method", "size": "small"},
+        "test_tags.py::TestGroup::test_inherits": {"level": "class"},
+        "test_tags.py::test_param[1]": {},
+        "test_tags.py::test_param[2]": {"param": "two"},
+        "test_tags.py::test_added": {"origin": "conftest"},
+        "test_tags.py::test_none": {},
+    }

@@ -309,3 +309,37 @@ def test_collection_reports(outcome: str, longrepr: Any, expected: tuple[str, st
     assert (result["outcome"], result["message"], result["when"]) == (*expected, "collect")
     assert (result["file"], result["name"]) == ("t/test_a.py", "test_a.py")
     assert tuple(result) == RESULT_FIELDS
+
+
+def test_convert_turns_a_stream_of_reports_into_results_in_order() -> None:
+    assembler = Assembler()
+    other = "tests/test_b.py::test_z"
+    collect = SimpleNamespace(
+        nodeid="t/test_broken.py",
+        when="collect",
+        outcome="failed",
+        longrepr="ImportError",
+        longreprtext="ImportError",
+    )
+    first = assembler.convert(
+        [report("setup"), collect, report("call"), report("setup", nodeid=other)]
+    )
+    assert [(r["nodeid"], r["when"]) for r in first] == [("t/test_broken.py", "collect")]
+    second = assembler.convert([report("teardown"), report("call", nodeid=other)])
+    assert [r["nodeid"] for r in second] == [NODEID]
+    assert second[0]["duration"] == pytest.approx(0.6)
+    (rest,) = assembler.rest()
+    assert rest["nodeid"] == other
+    assert assembler.rest() == []
+    assert assembler.errors == []
+
+
+def test_a_report_that_cannot_be_converted_costs_only_itself() -> None:
+    assembler = Assembler()
+    broken = SimpleNamespace(nodeid=NODEID, when="call")  # no outcome, no duration
+    results = assembler.convert(
+        [broken, report("setup", nodeid="a.py::t"), report("teardown", nodeid="a.py::t")]
+    )
+    assert [r["nodeid"] for r in results] == ["a.py::t"]
+    assert len(assembler.errors) == 1
+    assert assembler.errors[0].startswith("internal error of the plugin (KeyError:")

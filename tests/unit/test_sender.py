@@ -475,3 +475,75 @@ def test_close_cuts_a_long_retry_after_short_instead_of_retrying_early(tmp_path:
     assert len(poster.bodies) == 1  # no early retry against the collector's Retry-After
     assert (summary.sent, summary.spooled) == (0, 1)
     assert summary.problems == ["the collector answered 429 (busy)"]
+
+
+class Pairs:
+    """A converter: items ("start", n) and ("end", n) make result n at its "end"."""
+
+    def __init__(self) -> None:
+        self.open: set[int] = set()
+        self.threads: set[str] = set()
+
+    def convert(self, items: list[Any]) -> list[dict[str, Any]]:
+        self.threads.add(threading.current_thread().name)
+        out = []
+        for kind, n in items:
+            if kind == "start":
+                self.open.add(n)
+            else:
+                self.open.discard(n)
+                out.append({"id": f"id{n}"})
+        return out
+
+    def rest(self) -> list[dict[str, Any]]:
+        rest = [{"id": f"id{n}", "unfinished": True} for n in sorted(self.open)]
+        self.open.clear()
+        return rest
+
+
+def test_a_converter_turns_items_into_results_in_the_sender_thread(tmp_path: Path) -> None:
+    poster = FakePoster()
+    pairs = Pairs()
+    sender = Sender(
+        run=RUN,
+        poster=poster,
+        spool=Spool(tmp_path / "spool"),
+        policy=Policy(batch_size=40, batch_age=60.0, flush_deadline=2.0),
+        converter=pairs,
+    )
+    sender.start()
+    for n in range(100):
+        sender.submit(("start", n))
+        sender.submit(("end", n))
+    sender.submit(("start", 100))  # never ends: an interrupted test
+    summary = sender.close()
+    assert (summary.submitted, summary.sent, summary.spooled) == (101, 101, 0)
+    assert poster.sizes() == [40, 40, 21]
+    sent = [r["id"] for b in poster.bodies for r in b["results"]]
+    assert sent == [f"id{n}" for n in range(101)]
+    assert poster.bodies[-1]["results"][-1] == {"id": "id100", "unfinished": True}
+    assert pairs.threads == {"testengine-sender"}
+
+
+def test_a_full_queue_of_items_is_converted_before_it_is_spooled(tmp_path: Path) -> None:
+    poster = FakePoster()
+    poster.gate = threading.Event()  # the collector hangs
+    sender = Sender(
+        run=RUN,
+        poster=poster,
+        spool=Spool(tmp_path / "spool"),
+        policy=Policy(batch_size=10, queue_size=40, batch_age=60.0, flush_deadline=2.0),
+        converter=Pairs(),
+    )
+    sender.start()
+    for n in range(200):
+        sender.submit(("start", n))
+        sender.submit(("end", n))
+        assert len(sender._pending) <= 40
+    poster.gate.set()
+    summary = sender.close()
+    assert (summary.submitted, summary.sent + summary.spooled) == (200, 200)
+    ids = [r["id"] for b in poster.bodies for r in b["results"]] + [
+        r["id"] for r in spooled(tmp_path)
+    ]
+    assert sorted(ids) == sorted(f"id{n}" for n in range(200))
