@@ -6,6 +6,11 @@ of the last applied entry is saved by the store in the same transaction as the r
 (source ``"local"``), so after a crash or a restart the processor resumes exactly after the last
 commit; records applied twice are harmless anyway (the store deduplicates by result id).
 
+Entries are decoded into plain rows (``store.rows``), not a Result per result; with a
+:class:`~collector_server.store.sqlite.SqliteStore` the Python part of a write is prepared
+before its transaction, and while the processor is behind, the next round is read, decoded
+and prepared in a second thread while one is written.
+
 The sink wakes the processor after each durable commit, so a result is queryable a few
 milliseconds after its 202.  :func:`apply` is the same write for records from any other source.
 """

@@ -11,7 +11,8 @@ Tables (every key starts with the tenant):
 - ``build_runs``: the runs of each CI build (tenant, suite, build_id, run_id) with the shard
   and plan they reported, for the builds report of the planner.
 
-One connection writes (the processor); reads use a small pool of connections so they never
+The write path is in :mod:`collector_server.store.sqlite_write`.  One connection writes (the
+processor); reads use a small pool of connections so they never
 wait for a write transaction.  Commits use ``synchronous=FULL``: once the processor has
 committed an offset, the local log may drop the entries before it.
 """
@@ -42,6 +43,7 @@ from collector_server.store.sqlite_write import (
     OUTCOME_COLUMNS,
     OUTCOME_LIST,
     RECENT_DURATIONS,
+    KnownTests,
     PreparedWrite,
     apply,
     chunks,
@@ -52,6 +54,7 @@ from pytest_testengine.model import Record
 T = TypeVar("T")
 
 STORE_FILE: Final = "store.db"
+WRITER_CACHE_KIB: Final = 65_536  # page cache of the writer (SQLite's default: 2 MiB)
 __all__ = ["RECENT_DURATIONS", "STORE_FILE", "SqliteStore"]
 
 _SCHEMA: Final = f"""
@@ -139,11 +142,14 @@ class SqliteStore:
         self._conn: sqlite3.Connection | None = None
         self._write_lock = threading.Lock()
         self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
+        self._known = KnownTests()
 
     def open(self) -> SqliteStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = _connect(self.path)
+        self._conn.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
         self._conn.executescript(_SCHEMA)
+        self._known.forget()
         return self
 
     def close(self) -> None:
@@ -188,7 +194,7 @@ class SqliteStore:
                 raise sqlite3.ProgrammingError("store is closed")
             conn.execute("BEGIN IMMEDIATE")
             try:
-                new = apply(conn, write)
+                new = apply(conn, write, self._known)
                 if offsets:
                     conn.executemany(
                         "INSERT OR REPLACE INTO offsets (source, position) VALUES (?, ?)",
@@ -196,9 +202,11 @@ class SqliteStore:
                     )
                 conn.execute("COMMIT")
             except BaseException:
+                self._known.rolled_back()
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
                 raise
+            self._known.committed()
             return new
 
     def offsets(self) -> dict[str, int]:

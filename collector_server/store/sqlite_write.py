@@ -10,16 +10,17 @@ another thread than the transaction); :func:`apply` runs inside the caller's tra
    back and only the rows whose id is neither stored nor earlier in the rows are inserted.
    Only those count in the statistics, so a result delivered twice counts once.
 2. tests: the results are aggregated per test in Python (one row per test per
-   transaction), merged with the stored row and written back.
+   transaction), merged with the stored row (as this connection last wrote it, see
+   :class:`KnownTests`, else read) and written back.
 3. runs, build_runs, suites: one upsert per run, build run and suite.
 """
 
 from __future__ import annotations
 
 import sqlite3
-import statistics
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from operator import add
 from typing import Any, Final
 
 import orjson
@@ -30,6 +31,7 @@ from pytest_testengine.model import OUTCOMES, run_to_dict
 RECENT_DURATIONS: Final = 20
 CHUNK: Final = 500  # parameters per IN (...) query
 ROWS_PER_INSERT: Final = 400  # rows per multi-row INSERT (at most 32766 parameters)
+KNOWN_TESTS: Final = 50_000  # tests statistics kept in memory by the writer (about 30 MB)
 OUTCOME_COLUMNS: Final = tuple(sorted(OUTCOMES))
 _OUTCOME_INDEX: Final = {o: i for i, o in enumerate(OUTCOME_COLUMNS)}
 _PASSED: Final = _OUTCOME_INDEX["passed"]
@@ -176,13 +178,14 @@ def prepare(groups: Sequence[RunRows], now: float) -> PreparedWrite:
     return PreparedWrite(groups, count, now, params, tests, runs, builds, suites)
 
 
-def apply(conn: sqlite3.Connection, write: PreparedWrite) -> int:
+def apply(conn: sqlite3.Connection, write: PreparedWrite, known: KnownTests) -> int:
     """Apply a prepared write in the caller's transaction; return how many results were new.
 
     A failure anywhere leaves the caller to roll back the whole transaction (the savepoint
-    with it)."""
+    with it) and to tell ``known`` whether it committed."""
     if not write.count:
         return 0
+    known.check(conn)
     conn.execute("SAVEPOINT results")
     before = conn.total_changes
     insert_rows(conn, _INSERT_RESULTS, 9, write.results, _INSERT_NEW_RESULTS)
@@ -192,7 +195,7 @@ def apply(conn: sqlite3.Connection, write: PreparedWrite) -> int:
         insert_rows(conn, _INSERT_RESULTS, 9, write.results)
     conn.execute("RELEASE results")
     if write.count:
-        _write_statistics(conn, write)
+        _write_statistics(conn, write, known)
     return write.count
 
 
@@ -223,8 +226,8 @@ def _new_rows(conn: sqlite3.Connection, groups: Sequence[RunRows]) -> list[RunRo
     return fresh
 
 
-def _write_statistics(conn: sqlite3.Connection, write: PreparedWrite) -> None:
-    _merge_tests(conn, write.tests)
+def _write_statistics(conn: sqlite3.Connection, write: PreparedWrite, known: KnownTests) -> None:
+    _merge_tests(conn, write.tests, known)
     now = write.now
     conn.executemany(
         _UPSERT_RUN,
@@ -238,34 +241,105 @@ def _write_statistics(conn: sqlite3.Connection, write: PreparedWrite) -> None:
     conn.executemany(_UPSERT_SUITE, [(*key, now, now, n) for key, n in write.suites.items()])
 
 
-def _merge_tests(conn: sqlite3.Connection, tests: dict[tuple[str, str], dict[str, _Delta]]) -> None:
+class KnownTests:
+    """The ``tests`` rows as this connection last wrote them, so that a write need not read
+    them back (the statistics of a test are read, merged and written by every write that
+    has one of its results).
+
+    Only valid while no other connection writes the database: :meth:`check` (in the write
+    transaction) compares ``PRAGMA data_version``, which changes when another connection
+    commits, with its value at our last commit, and forgets every row when it changed.
+    Rows written by a transaction are kept once it committed (:meth:`committed`); after a
+    rollback they are dropped (:meth:`rolled_back`).  Past ``limit`` tests, it starts over.
+    """
+
+    def __init__(self, limit: int = KNOWN_TESTS) -> None:
+        self.limit = limit
+        #: (tenant, suite) -> nodeid -> (runs, counts, durations JSON, last outcome, last seen)
+        self.rows: dict[tuple[str, str], dict[str, tuple[Any, ...]]] = {}
+        self.size = 0
+        self._pending: list[tuple[tuple[str, str], dict[str, tuple[Any, ...]]]] = []
+        self._version: int | None = None
+
+    def check(self, conn: sqlite3.Connection) -> None:
+        version = conn.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._version:
+            self.forget()
+            self._version = version
+
+    def forget(self) -> None:
+        self.rows.clear()
+        self.size = 0
+        self._pending.clear()
+
+    def committed(self) -> None:
+        for key, rows in self._pending:
+            known = self.rows.get(key)
+            if known is None:
+                known = self.rows[key] = {}
+            before = len(known)
+            known.update(rows)
+            self.size += len(known) - before
+        self._pending.clear()
+        if self.size > self.limit:
+            self.forget()
+
+    def wrote(self, key: tuple[str, str], rows: dict[str, tuple[Any, ...]]) -> None:
+        """These rows are written in the transaction in progress."""
+        self._pending.append((key, rows))
+
+    def rolled_back(self) -> None:
+        self._pending.clear()
+
+
+def _median(values: list[float]) -> float | None:
+    """``statistics.median``, or None for no values."""
+    n = len(values)
+    if n < 2:
+        return values[0] if n else None
+    ordered = sorted(values)
+    half = n // 2
+    return ordered[half] if n % 2 else (ordered[half - 1] + ordered[half]) / 2
+
+
+def _merge_tests(
+    conn: sqlite3.Connection, tests: dict[tuple[str, str], dict[str, _Delta]], known: KnownTests
+) -> None:
     """Write the statistics of these tests: their stored rows plus the deltas (which are left
     as they are)."""
     width = len(OUTCOME_COLUMNS)
     params: list[Any] = []
     extend = params.extend
-    loads, dumps, median = orjson.loads, orjson.dumps, statistics.median
+    loads, dumps = orjson.loads, orjson.dumps
     recent_n = RECENT_DURATIONS
-    for (tenant, suite), stats in tests.items():
-        stored: dict[str, tuple[Any, ...]] = {}
-        for chunk in chunks(list(stats)):
-            for row in conn.execute(
-                f"SELECT nodeid, runs, {OUTCOME_LIST}, durations, last_outcome, last_seen"
-                " FROM tests WHERE tenant = ? AND suite = ? AND nodeid IN"
-                f" ({', '.join('?' * len(chunk))})",
-                (tenant, suite, *chunk),
-            ):
-                stored[row[0]] = row
+    for key, stats in tests.items():
+        tenant, suite = key
+        stored = known.rows.get(key, {})
+        missing = [nodeid for nodeid in stats if nodeid not in stored]
+        if missing:
+            stored = dict(stored)
+            for chunk in chunks(missing):
+                for row in conn.execute(
+                    f"SELECT nodeid, runs, {OUTCOME_LIST}, durations, last_outcome, last_seen"
+                    " FROM tests WHERE tenant = ? AND suite = ? AND nodeid IN"
+                    f" ({', '.join('?' * len(chunk))})",
+                    (tenant, suite, *chunk),
+                ):
+                    stored[row[0]] = (row[1], row[2 : 2 + width], *row[2 + width :])
+        written: dict[str, tuple[Any, ...]] = {}
         for nodeid, (file, runs, counts, durations, last_outcome, last_seen) in stats.items():
             old = stored.get(nodeid)
             if old is not None:
-                runs += old[1]
-                counts = [n + old[2 + i] for i, n in enumerate(counts)]
+                runs += old[0]
+                counts = map(add, counts, old[1])
                 if len(durations) < recent_n:
-                    durations = loads(old[2 + width]) + durations
-                if old[4 + width] > last_seen:
-                    last_outcome, last_seen = old[3 + width], old[4 + width]
+                    durations = loads(old[2]) + durations
+                if old[4] > last_seen:
+                    last_outcome, last_seen = old[3], old[4]
+            counts = tuple(counts)
             recent = durations[-recent_n:]
+            blob = dumps(recent)
+            written[nodeid] = (runs, counts, blob, last_outcome, last_seen)
             extend(
                 (
                     tenant,
@@ -274,12 +348,13 @@ def _merge_tests(conn: sqlite3.Connection, tests: dict[tuple[str, str], dict[str
                     file,
                     runs,
                     *counts,
-                    dumps(recent),
-                    median(recent) if recent else None,
+                    blob,
+                    _median(recent),
                     last_outcome,
                     last_seen,
                 )
             )
+        known.wrote(key, written)
     insert_rows(
         conn, f"INSERT OR REPLACE INTO tests ({_TEST_COLUMNS}) VALUES ", _TEST_WIDTH, params
     )

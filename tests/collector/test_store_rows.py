@@ -1,0 +1,234 @@
+"""The processor's write path: log entries decoded into rows, prepared writes, the tests
+statistics kept by the writer (real SQLite files, real log entries)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from collector_server import ingest
+from collector_server.processor import LocalProcessor
+from collector_server.settings import CollectorSettings
+from collector_server.sinks.local import (
+    LocalLog,
+    decode_entry,
+    decode_entry_rows,
+    encode_body_entry,
+    encode_entry,
+)
+from collector_server.store.rows import rows_of_records
+from collector_server.store.sqlite import SqliteStore
+from pytest_testengine.model import Batch, Record, batch_to_dict, records_of
+from tests.collector.batches import batch, result
+
+LIMITS = ingest.Limits.from_settings(CollectorSettings())
+
+
+def body_entry(b: Batch, tenant: str = "t") -> bytes:
+    """The log entry the collector writes for a plugin-shaped batch."""
+    raw = orjson.dumps(batch_to_dict(b), default=dict)
+    checked = ingest.check_batch(orjson.loads(raw), raw, LIMITS)
+    assert isinstance(checked, ingest.Checked)
+    return encode_body_entry(tenant, checked.run, checked.body)
+
+
+def answers(store: SqliteStore, tenant: str = "t", suite: str = "default") -> dict[str, Any]:
+    """Everything the read API answers about a suite (first pages, large enough)."""
+    runs = store.runs(tenant, suite, limit=1000).items
+    for run in runs:  # when the write happened, not what was written
+        del run["first_seen"], run["last_seen"]
+    return {
+        "suites": store.suites(tenant, limit=1000).items,
+        "tests": store.tests(tenant, suite, limit=1000).items,
+        "runs": runs,
+        "results": store.results(tenant, suite, limit=10_000).items,
+        "durations": store.durations(tenant, suite),
+    }
+
+
+@pytest.fixture
+def open_store(tmp_path: Path) -> Iterator[Any]:
+    opened: list[SqliteStore] = []
+
+    def make(name: str = "store.db") -> SqliteStore:
+        store = SqliteStore(tmp_path / name, clock=lambda: 1234.0).open()
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        store.close()
+
+
+def test_body_entry_rows_equal_the_rows_of_its_records() -> None:
+    b = batch(4, message="boom", tags={"a": "1"})
+    entry = body_entry(b)
+    (group,) = decode_entry_rows(entry)
+    (expected,) = rows_of_records(decode_entry(entry))
+    assert (group.tenant, group.run) == (expected.tenant, expected.run)
+    assert [row[:7] for row in group.rows] == [row[:7] for row in expected.rows]
+    assert [orjson.loads(row[7]) for row in group.rows] == [
+        orjson.loads(row[7]) for row in expected.rows
+    ]
+
+
+def test_record_entries_decode_into_the_same_rows() -> None:
+    a, b = batch(2), batch(3)
+    records = [*records_of("x", a), *records_of("y", a), *records_of("x", b)]
+    groups = decode_entry_rows(encode_entry(records))
+    assert [(g.tenant, g.run.run_id, len(g.rows)) for g in groups] == [
+        ("x", a.run.run_id, 2),
+        ("y", a.run.run_id, 2),
+        ("x", b.run.run_id, 3),
+    ]
+    assert groups == rows_of_records(records)
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        pytest.param(b"not json", id="not-json"),
+        pytest.param(b'{"v": 9}', id="unknown-version"),
+        pytest.param(b'{"v": 2, "tenant": "t", "run": {"run_id": "r"}}', id="no-batch"),
+        pytest.param(
+            b'{"v": 2, "tenant": "t", "run": {"run_id": "r"}, "batch": {"results": [{"id": "x"}]}}',
+            id="result-missing-fields",
+        ),
+    ],
+)
+def test_malformed_entry_is_skipped_and_the_next_applied(
+    tmp_path: Path, open_store: Any, entry: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    log = LocalLog(tmp_path / "log.db")
+    log.open()
+    store = open_store()
+    good = batch(2)
+    log.append([entry, body_entry(good)])
+    processor = LocalProcessor(log, store)
+    assert processor.step() == 2
+    assert store.offsets() == {"local": 2}
+    assert [r["id"] for r in store.results("t", "default", limit=10).items] == [
+        r.id for r in good.results
+    ]
+    assert "skipping unreadable log entry 1" in caplog.text
+    log.close()
+
+
+def test_entry_with_an_unknown_outcome_is_skipped(tmp_path: Path, open_store: Any) -> None:
+    log = LocalLog(tmp_path / "log.db")
+    log.open()
+    store = open_store()
+    entry = body_entry(batch(1)).replace(b'"outcome":"passed"', b'"outcome":"lost"')
+    log.append([entry])
+    processor = LocalProcessor(log, store)
+    assert processor.step() == 1
+    assert store.results("t", "default", limit=10).items == []
+    log.close()
+
+
+def test_result_in_two_entries_is_stored_and_counted_once(tmp_path: Path, open_store: Any) -> None:
+    log = LocalLog(tmp_path / "log.db")
+    log.open()
+    store = open_store()
+    b = batch(3)
+    again = Batch(b.run, [b.results[1], result(7)])  # a retried batch sends a result again
+    log.append([body_entry(b), body_entry(again)])
+    processor = LocalProcessor(log, store)
+    assert processor.step() == 2
+    stored = store.results("t", "default", limit=10).items
+    assert sorted(r["id"] for r in stored) == sorted(
+        [r.id for r in b.results] + [again.results[1].id]
+    )
+    assert [t["runs"] for t in store.tests("t", "default", limit=10).items] == [1, 1, 1, 1]
+    (run,) = store.runs("t", "default", limit=10).items
+    assert run["total"] == 4
+    # and once more in a later write: nothing new
+    log.append([body_entry(b)])
+    assert processor.step() == 1
+    assert len(store.results("t", "default", limit=10).items) == 4
+    log.close()
+
+
+def many_executions() -> list[Record]:
+    """Several runs of a few tests, with every outcome, out-of-order stops, retries."""
+    records: list[Record] = []
+    outcomes = ["passed", "failed", "passed", "skipped", "passed", "error", "xfailed", "xpassed"]
+    for run in range(6):
+        b = batch(0)
+        for i in range(40):
+            nodeid = f"t.py::test_{i % 5}"
+            outcome = outcomes[(i + run) % len(outcomes)]
+            stop = 100.0 + run * 50 + (i * 7919) % 40  # not in order
+            records.append(
+                Record(
+                    "t",
+                    b.run,
+                    result(
+                        i,
+                        nodeid=nodeid,
+                        outcome=outcome,
+                        duration=float(i % 9) + run / 10,
+                        start=stop - 1.0 if i % 3 else 0.0,
+                        stop=stop if i % 11 else 0.0,
+                    ),
+                )
+            )
+    return records
+
+
+def test_statistics_of_one_write_equal_those_of_one_write_per_result(open_store: Any) -> None:
+    records = many_executions()
+    one_by_one, batched, in_rounds = open_store("a.db"), open_store("b.db"), open_store("c.db")
+    for record in records:
+        one_by_one.write([record])
+    assert batched.write(records) == len(records)
+    for start in range(0, len(records), 37):
+        in_rounds.write(records[start : start + 37])
+    expected = answers(one_by_one)
+    assert expected["tests"][0]["runs"] == 48
+    assert answers(batched) == expected
+    assert answers(in_rounds) == expected
+
+
+def test_statistics_stay_right_when_another_connection_writes(open_store: Any) -> None:
+    records = many_executions()
+    first = open_store()
+    second = SqliteStore(first.path, clock=lambda: 1234.0).open()  # e.g. a second consumer
+    reference = open_store("reference.db")
+    try:
+        for start in range(0, len(records), 20):
+            part = records[start : start + 20]
+            (first if start % 40 else second).write(part)
+            reference.write(part)
+    finally:
+        second.close()
+    assert answers(first) == answers(reference)
+
+
+def test_a_failed_write_applied_again_counts_once(open_store: Any) -> None:
+    store = open_store()
+    reference = open_store("reference.db")
+    b = batch(3)
+    store.write(records_of("t", b))
+    reference.write(records_of("t", b))
+    later = [Record("t", b.run, result(i, stop=2e9 + i)) for i in range(3)]
+    work = store.prepare(rows_of_records(later))
+    conn = store._conn
+    assert conn is not None
+    conn.execute(
+        "CREATE TEMP TRIGGER no_suites BEFORE UPDATE ON suites"
+        " BEGIN SELECT RAISE(FAIL, 'disk full'); END"
+    )
+    with pytest.raises(sqlite3.IntegrityError, match="disk full"):
+        store.write_prepared(work, offsets={"local": 5})
+    assert store.offsets() == {}
+    conn.execute("DROP TRIGGER no_suites")
+    assert store.write_prepared(work, offsets={"local": 5}) == 3
+    reference.write(later)
+    assert store.offsets() == {"local": 5}
+    assert answers(store) == answers(reference)
