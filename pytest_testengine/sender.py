@@ -20,15 +20,17 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import orjson
-from tenacity import RetryCallState, Retrying, retry_if_result, wait_random_exponential
 
 from pytest_testengine.model import SCHEMA_VERSION
 from pytest_testengine.output import OutputFile
 from pytest_testengine.spool import Spool
 from pytest_testengine.transport import Answer, Delivered, Retry
+
+if TYPE_CHECKING:
+    from tenacity import RetryCallState
 
 #: Extra time close() gives the thread to write the spool after the deadline.
 CLOSE_GRACE: Final = 2.0
@@ -125,6 +127,8 @@ class _Schedule:
         self.clock = clock
         self.deadline = deadline
         self.single = single
+        from tenacity import wait_random_exponential
+
         self.jitter = wait_random_exponential(multiplier=policy.backoff, max=policy.max_backoff)
         self.upcoming = 0.0
         self.last: Answer | None = None
@@ -156,10 +160,20 @@ def deliver(
     (a time on ``clock``); ``single`` makes one attempt only.  Returns the last answer.
 
     ``sleep`` may raise :class:`OutOfTime` to stop waiting (the deadline moved closer)."""
-    schedule = _Schedule(clock, deadline, policy, single)
 
     def attempt() -> Answer:
         return poster.post(body, timeout=max(0.05, deadline() - clock.now()))
+
+    first = attempt()
+    if single or not isinstance(first, Retry):
+        return first  # the common case needs no retry machinery (nor its imports)
+    from tenacity import Retrying, retry_if_result
+
+    schedule = _Schedule(clock, deadline, policy, single)
+    answers = iter([first])
+
+    def again() -> Answer:  # the first attempt's answer, then new attempts
+        return next(answers, None) or attempt()
 
     retrying = Retrying(
         retry=retry_if_result(lambda answer: isinstance(answer, Retry)),
@@ -169,7 +183,7 @@ def deliver(
         retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
     )
     try:
-        answer: Answer = retrying(attempt)
+        answer: Answer = retrying(again)
     except OutOfTime:
         assert schedule.last is not None  # a sleep only follows a failed attempt
         return schedule.last
