@@ -44,6 +44,7 @@ from collector_server.kafka_admin import (
 )
 from collector_server.kafka_metrics import KafkaMetrics
 from collector_server.settings import CollectorSettings
+from collector_server.store.rows import RowWriter, rows_of_values
 from pytest_testengine.model import OUTCOMES, Record, decode_record
 
 log = logging.getLogger("testengine.collector.consumer")
@@ -99,7 +100,7 @@ def check_record(record: Record) -> str | None:
         return "result.id must be a non-empty string"
     if not isinstance(result.nodeid, str) or not result.nodeid:
         return "result.nodeid must be a non-empty string"
-    if result.outcome not in OUTCOMES:
+    if not isinstance(result.outcome, str) or result.outcome not in OUTCOMES:
         return f"result.outcome {result.outcome!r} is not one of {sorted(OUTCOMES)}"
     for name in ("setup", "call", "teardown", "duration", "start", "stop"):
         value = getattr(result, name)
@@ -252,29 +253,41 @@ class ResultConsumer:
     def _apply(self, batch: Sequence[Message]) -> None:
         records: list[Record] = []
         dead: list[tuple[Message, str]] = []
-        for message in batch:
-            record, problem = decode_message(message.value())
-            if record is not None:
-                records.append(record)
-            else:
-                dead.append((message, problem or "malformed"))
+        store = self.store
+        if isinstance(store, RowWriter):  # no Record per message: rows straight from the JSON
+            groups, problems = rows_of_values([m.value() for m in batch], decode_message)
+            dead = [(batch[i], problem) for i, problem in problems]
+            stored = len(batch) - len(dead)
+        else:
+            for message in batch:
+                record, problem = decode_message(message.value())
+                if record is not None:
+                    records.append(record)
+                else:
+                    dead.append((message, problem or "malformed"))
+            stored = len(records)
         if dead:
             self._dead_letter(dead)
-        new = self.store.write(records) if records else 0
+        if not stored:
+            new = 0
+        elif isinstance(store, RowWriter):
+            new = store.write_rows(groups)
+        else:
+            new = store.write(records)
         for message in batch:
             topic, partition, offset = message.topic(), message.partition(), message.offset()
             if topic is not None and partition is not None and offset is not None:
                 self._pending[(topic, partition)] = offset + 1
         self.stats.batches += 1
-        self.stats.records += len(records)
+        self.stats.records += stored
         self.stats.new += new
         self.stats.malformed += len(dead)
         if self.metrics:
-            self.metrics.consumed.inc(len(records))
+            self.metrics.consumed.inc(stored)
             self.metrics.consumed_new.inc(new)
             self.metrics.malformed.inc(len(dead))
         if self.on_applied:
-            self.on_applied(len(records), new)
+            self.on_applied(stored, new)
 
     def _rewind(self, consumer: Consumer, batch: Sequence[Message]) -> None:
         first: dict[tuple[str, int], int] = {}

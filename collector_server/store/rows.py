@@ -14,16 +14,27 @@ Both give the same rows for the same results, up to the key order of ``data``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any, Final, Protocol, TypeAlias, runtime_checkable
 
 import orjson
 
-from pytest_testengine.model import Record, RunInfo, result_from_dict
+from pytest_testengine.model import (
+    OUTCOMES,
+    RESULT_FIELDS,
+    SCHEMA_VERSION,
+    Record,
+    RunInfo,
+    result_from_dict,
+    run_from_dict,
+)
 
 #: (id, nodeid, file, outcome, duration, start, stop, data): data is the result's JSON object.
 Row: TypeAlias = tuple[str, str, str, str, float, float, float, bytes]
+
+_RESULT_KEYS: Final = frozenset(RESULT_FIELDS)
+_TIMES: Final = ("setup", "call", "teardown", "duration", "start", "stop")
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +50,15 @@ def _plain(obj: object) -> Any:
     if isinstance(obj, Mapping):
         return dict(obj)
     raise TypeError(f"cannot encode {type(obj).__name__}")
+
+
+@runtime_checkable
+class RowWriter(Protocol):
+    """A store that writes rows (see :meth:`SqliteStore.write_rows`)."""
+
+    def write_rows(
+        self, groups: Sequence[RunRows], *, offsets: Mapping[str, int] | None = None
+    ) -> int: ...
 
 
 def rows_of_checked(results: Iterable[dict[str, Any]]) -> list[Row]:
@@ -95,3 +115,100 @@ def records_of_rows(groups: Iterable[RunRows]) -> list[Record]:
         for g in groups
         for row in g.rows
     ]
+
+
+#: decode_message of the Kafka consumer: (record, None), or (None, why it cannot be stored).
+SlowDecode = Callable[[bytes | None], tuple[Record | None, str | None]]
+
+
+def _plain_record(obj: Any) -> tuple[str, dict[str, Any], dict[str, Any]] | None:
+    """(tenant, run, result) of a decoded Kafka record value that needs no other check than
+    these: exactly the fields of a result, and what ``consumer.check_record`` checks; else
+    None."""
+    if type(obj) is not dict or obj.get("schema") != SCHEMA_VERSION:
+        return None
+    tenant, run, r = obj.get("tenant"), obj.get("run"), obj.get("result")
+    if not (
+        type(tenant) is str
+        and tenant
+        and type(run) is dict
+        and type(run.get("run_id")) is str
+        and run["run_id"]
+        and type(run.get("suite")) is str
+        and run["suite"]
+        and type(r) is dict
+        and r.keys() == _RESULT_KEYS
+        and type(r["id"]) is str
+        and r["id"]
+        and type(r["nodeid"]) is str
+        and r["nodeid"]
+        and type(r["outcome"]) is str
+        and r["outcome"] in OUTCOMES
+        and type(r["tags"]) is dict
+        and all(type(r[name]) in (float, int) for name in _TIMES)
+    ):
+        return None
+    return tenant, run, r
+
+
+def rows_of_values(
+    values: Sequence[bytes | None], slow: SlowDecode
+) -> tuple[list[RunRows], list[tuple[int, str]]]:
+    """The rows of Kafka record values (``model.encode_record``), in order, and the index and
+    problem of each value that cannot be stored.  A value of the usual shape becomes a row
+    straight from its JSON; any other goes through ``slow`` (the consumer's decode_message),
+    so it is accepted or refused exactly as before.  The run of a group is the first one seen
+    for its (tenant, suite, run_id) in these values."""
+    groups: list[RunRows] = []
+    problems: list[tuple[int, str]] = []
+    runs: dict[tuple[str, str, str], RunInfo] = {}
+    rows: list[Row] = []
+    current: tuple[str, str, str] | None = None
+    loads, dumps = orjson.loads, orjson.dumps
+    for i, value in enumerate(values):
+        run_obj: dict[str, Any] | None = None
+        decoded_run: RunInfo | None = None
+        plain = None
+        if value is not None:
+            try:
+                plain = _plain_record(loads(value))
+            except orjson.JSONDecodeError:
+                plain = None
+        if plain is not None:
+            tenant, run_obj, r = plain
+            key = (tenant, run_obj["suite"], run_obj["run_id"])
+            row: Row = (
+                r["id"],
+                r["nodeid"],
+                r["file"],
+                r["outcome"],
+                r["duration"],
+                r["start"],
+                r["stop"],
+                dumps(r),
+            )
+        else:
+            record, problem = slow(value)
+            if record is None:
+                problems.append((i, problem or "malformed"))
+                continue
+            tenant, res, decoded_run = record.tenant, record.result, record.run
+            key = (tenant, decoded_run.suite, decoded_run.run_id)
+            row = (
+                res.id,
+                res.nodeid,
+                res.file,
+                res.outcome,
+                res.duration,
+                res.start,
+                res.stop,
+                dumps(res, default=_plain),
+            )
+        if key != current:
+            run = runs.get(key)
+            if run is None:
+                run = runs[key] = decoded_run or run_from_dict(run_obj or {})
+            current, rows = key, []
+            groups.append(RunRows(tenant, run, rows))
+        rows.append(row)
+    return groups, problems

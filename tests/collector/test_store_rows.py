@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from collector_server import ingest
+from collector_server.consumer import decode_message
 from collector_server.processor import LocalProcessor
 from collector_server.settings import CollectorSettings
 from collector_server.sinks.local import (
@@ -21,9 +22,9 @@ from collector_server.sinks.local import (
     encode_body_entry,
     encode_entry,
 )
-from collector_server.store.rows import rows_of_records
+from collector_server.store.rows import rows_of_records, rows_of_values
 from collector_server.store.sqlite import SqliteStore
-from pytest_testengine.model import Batch, Record, batch_to_dict, records_of
+from pytest_testengine.model import Batch, Record, batch_to_dict, encode_record, records_of
 from tests.collector.batches import batch, result
 
 LIMITS = ingest.Limits.from_settings(CollectorSettings())
@@ -232,3 +233,33 @@ def test_a_failed_write_applied_again_counts_once(open_store: Any) -> None:
     reference.write(later)
     assert store.offsets() == {"local": 5}
     assert answers(store) == answers(reference)
+
+
+def kafka_values() -> list[bytes | None]:
+    """Values of the results topic: plain ones, one with an extra key (another producer),
+    malformed ones, in between."""
+    records = many_executions()
+    values: list[bytes | None] = [encode_record(r) for r in records]
+    extra = orjson.loads(encode_record(records[3]))
+    extra["result"]["new_field"] = 1  # a newer producer: the unknown key is dropped
+    values[3] = orjson.dumps(extra)
+    wrong = orjson.loads(encode_record(records[5]))
+    wrong["result"]["outcome"] = ["passed"]
+    values[5] = orjson.dumps(wrong)
+    values[7] = None
+    values[9] = b"\xff"
+    return values
+
+
+def test_kafka_values_give_the_rows_and_problems_of_their_records(open_store: Any) -> None:
+    values = kafka_values()
+    groups, problems = rows_of_values(values, decode_message)
+    expected = [(i, decode_message(v)[1]) for i, v in enumerate(values) if decode_message(v)[1]]
+    assert problems == expected
+    assert [i for i, _ in problems] == [5, 7, 9]
+    records = [r for v in values if (r := decode_message(v)[0]) is not None]
+    by_rows, by_records = open_store("rows.db"), open_store("records.db")
+    assert by_rows.write_rows(groups) == by_records.write(records) == len(values) - 3
+    assert answers(by_rows) == answers(by_records)
+    stored = {r["id"]: r for r in answers(by_rows)["results"]}
+    assert "new_field" not in stored[records[3].result.id]
