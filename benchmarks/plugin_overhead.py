@@ -18,6 +18,10 @@ warm-up round, every one with the same base flags (``-q -p no:cacheprovider``):
 - buildkite-test-collector, uploading to a loopback HTTP server of this script's own
   (``BUILDKITE_ANALYTICS_API_URL``, ``BUILDKITE_ANALYTICS_TOKEN``).
 
+File paths are given as ``--option=PATH``: a separate ``PATH`` argument would count in
+pytest's choice of the root directory (a plugin's options are not known yet when pytest picks
+it), which changes the collection tree and the work of every test.
+
 With ``-n 2`` (pytest-xdist) the same comparison runs for plain pytest and ``--testengine``.
 The other tools run at the smallest size only (``--all``: at every size; it doubles the run
 time), ``--testengine`` and ``--testengine-output`` at every size.
@@ -82,18 +86,18 @@ def candidates(
     if xdist:
         return found
     found["--testengine-output file"] = run(
-        "--testengine-output file", (*no_bk, "--testengine-output", str(out / "te.jsonl")), env
+        "--testengine-output file", (*no_bk, f"--testengine-output={out / 'te.jsonl'}"), env
     )
     if not tools:
         return found
     found.update(
         {
             "--junitxml": run(
-                "--junitxml", (*no_bk, *no_te, "--junitxml", str(out / "junit.xml")), env
+                "--junitxml", (*no_bk, *no_te, f"--junitxml={out / 'junit.xml'}"), env
             ),
             "pytest-reportlog": run(
                 "pytest-reportlog",
-                (*no_bk, *no_te, "--report-log", str(out / "report.jsonl")),
+                (*no_bk, *no_te, f"--report-log={out / 'report.jsonl'}"),
                 env,
             ),
             "buildkite-test-collector": run("buildkite-test-collector", no_te, bk_env),
