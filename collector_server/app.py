@@ -403,7 +403,7 @@ def routes(c: Collector) -> list[Route]:
         route("/v1/suites/{suite:path}/tests", c.list_tests, "tests"),
         route("/v1/suites/{suite:path}/runs", c.list_runs, "runs"),
         route("/v1/suites/{suite:path}/results", c.list_results, "results"),
-        route("/v1/suites/{suite:path}/builds/{build_id}", c.plans.get_build, "build"),
+        route("/v1/suites/{suite:path}/builds/{build_id:path}", c.plans.get_build, "build"),
         route("/v1/plans", c.plans.post_plan, "post_plan", "POST"),
         route("/v1/plans/{plan_id}/next", c.plans.post_next, "plan_next", "POST"),
         route("/healthz", c.healthz, "healthz"),

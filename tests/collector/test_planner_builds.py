@@ -154,3 +154,12 @@ async def test_dynamic_build_counts(client: httpx.AsyncClient, app: Starlette) -
     body = await build(client)
     assert body["ran"] == len(first["tests"])
     assert body["not_run_count"] == 40 - len(first["tests"])
+
+
+async def test_a_build_id_with_slashes(client: httpx.AsyncClient, app: Starlette) -> None:
+    build_id = "release/2.4/1234"
+    plan = await ask(client, build_id=build_id, total=2)
+    await run_shard(client, app, plan, 0)
+    body = await build(client, build_id)
+    assert (body["build_id"], body["shards_reported"], body["planned"]) == (build_id, [0], 40)
+    assert sorted(body["not_run"]) == sorted(plan["shards"][1]["tests"])
