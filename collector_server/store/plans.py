@@ -46,8 +46,9 @@ CREATE TABLE IF NOT EXISTS plans (
     meta BLOB NOT NULL,
     shards BLOB NOT NULL
 ) WITHOUT ROWID;
-CREATE UNIQUE INDEX IF NOT EXISTS plans_key
-    ON plans (tenant, suite, build_id, total, split_by, mode, test_set_hash);
+-- plan_id is a digest of (tenant, suite, build, total, split_by, mode, test set): the primary
+-- key already keeps one plan per key; an index of the key itself only costs writes
+DROP INDEX IF EXISTS plans_key;
 CREATE INDEX IF NOT EXISTS plans_build ON plans (tenant, suite, build_id, created);
 CREATE TABLE IF NOT EXISTS plan_asks (
     plan_id TEXT NOT NULL,
