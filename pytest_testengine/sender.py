@@ -360,11 +360,7 @@ class Sender:
         return self._head + orjson.dumps(results) + b"}"
 
     def _ship(self, batch: list[dict[str, Any]]) -> None:
-        if self._output is not None:
-            try:
-                self._output.write(batch)
-            except OSError as exc:
-                self._problem(f"could not write {self._output.path} ({exc})")
+        self._write_output(batch)
         if self._poster is None:
             return
         body = self._encode(batch)
@@ -421,11 +417,7 @@ class Sender:
         batch = self._take(limit=self.policy.batch_size)
         if not batch:
             return
-        if self._output is not None:
-            try:
-                self._output.write(batch)
-            except OSError as exc:
-                self._problem(f"could not write {self._output.path} ({exc})")
+        self._write_output(batch)
         if self._poster is None:
             return
         self._problem(
@@ -433,6 +425,13 @@ class Sender:
             f"({self.policy.queue_size}, TESTENGINE_QUEUE_SIZE)"
         )
         self._to_spool(self._encode(batch), batch)
+
+    def _write_output(self, batch: list[dict[str, Any]]) -> None:
+        if self._output is not None:
+            try:
+                self._output.write(batch)
+            except OSError as exc:
+                self._problem(f"could not write {self._output.path} ({exc})")
 
     def _to_spool(self, body: bytes, batch: list[dict[str, Any]]) -> None:
         try:
