@@ -257,8 +257,7 @@ class Collector:
 
     def _decode(self, body: bytes, gzipped: bool, bodies: bool = False) -> Batch | ingest.Checked:
         limits = self.limits
-        if gzipped:
-            body = ingest.gunzip(body, limits.max_decompressed_bytes)
+        body = ingest.plain_body(body, gzipped, limits.max_decompressed_bytes)
         obj = ingest.parse_json(body)
         results = obj.get("results") if type(obj) is dict else None
         count = len(results) if type(results) is list else None

@@ -197,11 +197,18 @@ def parse_batch(
 ) -> Batch:
     """Headers and raw body (already bounded by max_body_bytes) to a validated Batch."""
     check_content_type(content_type)
-    if is_gzip(content_encoding):
-        body = gunzip(body, limits.max_decompressed_bytes)
-    elif len(body) > limits.max_decompressed_bytes:
-        raise too_large(len(body), limits.max_decompressed_bytes)
+    body = plain_body(body, is_gzip(content_encoding), limits.max_decompressed_bytes)
     return validate_batch(parse_json(body), limits)
+
+
+def plain_body(body: bytes, gzipped: bool, limit: int) -> bytes:
+    """The JSON bytes of a request body: gunzipped (never more than ``limit`` bytes), or
+    checked against ``limit``."""
+    if gzipped:
+        return gunzip(body, limit)
+    if len(body) > limit:
+        raise too_large(len(body), limit)
+    return body
 
 
 # -- structure -------------------------------------------------------------------------------

@@ -218,12 +218,9 @@ class PlannerApi:
         return await self.read_body(request), gzipped
 
     def _decode(self, body: bytes, gzipped: bool) -> Any:
-        limit = self.limits.max_decompressed_bytes
-        if gzipped:
-            body = ingest.gunzip(body, limit)
-        elif len(body) > limit:
-            raise ingest.too_large(len(body), limit)
-        return ingest.parse_json(body)
+        return ingest.parse_json(
+            ingest.plain_body(body, gzipped, self.limits.max_decompressed_bytes)
+        )
 
     async def post_plan(self, request: Request) -> Response:
         try:
