@@ -12,6 +12,8 @@ warm-up round, every one with the same base flags (``-q -p no:cacheprovider``):
 - plain pytest (every results plugin installed here turned off: ``-p no:...``);
 - ``--testengine``, sending to a running ``testengine-collector serve`` (embedded default) on a
   free loopback port with a temporary data directory;
+- ``--testengine`` sending to a loopback server of this script's own that answers 202 and
+  keeps nothing (the plugin's own cost, without the collector's work on the same two cores);
 - ``--testengine-output FILE`` (JSON lines, no collector);
 - ``--junitxml FILE``;
 - pytest-reportlog ``--report-log FILE``;
@@ -62,6 +64,7 @@ def candidates(
         BUILDKITE_ANALYTICS_TOKEN="bench-token", BUILDKITE_ANALYTICS_API_URL=sink_url
     )
     te_env = harness.bench_env(TESTENGINE_URL=collector_url)
+    null_env = harness.bench_env(TESTENGINE_URL=sink_url)
     par = ("-n", "2") if xdist else ()
 
     def run(name: str, args: tuple[str, ...], environ: dict[str, str]) -> Callable[[], float]:
@@ -81,6 +84,9 @@ def candidates(
         "plain pytest": run("plain pytest", (*no_bk, *no_te), env),
         "--testengine (collector)": run(
             "--testengine (collector)", (*no_bk, "--testengine"), te_env
+        ),
+        "--testengine (null sink)": run(
+            "--testengine (null sink)", (*no_bk, "--testengine"), null_env
         ),
     }
     if xdist:

@@ -28,6 +28,7 @@ ROWS = {
     "plugin_overhead": [
         "plain pytest",
         "--testengine (collector)",
+        "--testengine (null sink)",
         "--testengine-output file",
         "--junitxml",
         "pytest-reportlog",
