@@ -42,7 +42,7 @@ class Settings:
     output: str | None = None
     spool_dir: str | None = None
     batch_size: int = 500
-    batch_age: float = 2.0
+    batch_age: float = 1.0
     flush_deadline: float = 5.0
     timeout: float = 10.0
     queue_size: int = 20000

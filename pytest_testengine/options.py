@@ -266,7 +266,7 @@ OPTIONS: Final[tuple[Option, ...]] = (
         "batch_age",
         "Longest time a result waits before a partial batch is sent.",
         POSITIVE_SECONDS,
-        2.0,
+        1.0,
     ),
     _row(
         "flush_deadline",

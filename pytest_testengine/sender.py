@@ -68,7 +68,7 @@ class Poster(Protocol):
 @dataclass(frozen=True, slots=True)
 class Policy:
     batch_size: int = 500
-    batch_age: float = 2.0  # seconds a partial batch may wait
+    batch_age: float = 1.0  # seconds a partial batch may wait
     queue_size: int = 20000  # results waiting in memory before spilling to the spool
     flush_deadline: float = 5.0  # seconds close() may take
     retry_budget: float = 5.0  # seconds one batch may spend retrying during the run
