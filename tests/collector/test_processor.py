@@ -198,3 +198,29 @@ def test_processor_retries_a_failing_store(
     assert "database or disk is full; retrying" in caplog.text
     log.close()
     store.close()
+
+
+def test_a_backlog_read_ahead_is_applied_once_across_failed_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("collector_server.processor.RETRY_WAIT", 0.01)
+    log = LocalLog(tmp_path / "log.db")
+    log.open()
+    store = FlakyStore(tmp_path / "store.db").open()
+    store.failures = 3
+    sent = [records_of("t", batch(5)) for _ in range(30)]
+    log.append([encode_entry(records) for records in sent])
+    # rounds of 2 entries: the next round is read ahead while one is written (and failing)
+    processor = LocalProcessor(log, store, batch_records=10)
+    processor.start()
+    try:
+        assert processor.wait_caught_up(30.0)
+    finally:
+        processor.stop()
+    assert store.failures == 0
+    assert store.offsets() == {"local": 30}
+    stored = store.results("t", "default", limit=1000).items
+    assert sorted(r["id"] for r in stored) == sorted(r.result.id for rs in sent for r in rs)
+    assert [t["runs"] for t in store.tests("t", "default", limit=10).items] == [30] * 5
+    log.close()
+    store.close()
