@@ -119,13 +119,15 @@ def decode_entry_rows(data: bytes) -> list[RunRows]:
     """The rows of one log entry (what :func:`decode_entry` gives, without a Result or Record
     per result); raises ValueError/KeyError/TypeError if it is malformed."""
     obj = orjson.loads(data)
-    if obj.get("v") != BODY_ENTRY_VERSION:
-        return rows_of_records(decode_entry(data))
-    rows = rows_of_checked(obj["batch"]["results"])  # checked at ingest: every field, typed
-    unknown = {row[3] for row in rows} - OUTCOMES
+    if obj.get("v") == BODY_ENTRY_VERSION:
+        rows = rows_of_checked(obj["batch"]["results"])  # checked at ingest: every field, typed
+        groups = [RunRows(str(obj["tenant"]), run_from_dict(obj["run"]), rows)]
+    else:
+        groups = rows_of_records(decode_entry(data))
+    unknown = {row[3] for g in groups for row in g.rows} - OUTCOMES
     if unknown:
-        raise ValueError(f"unknown outcome {sorted(unknown)[0]!r}")
-    return [RunRows(str(obj["tenant"]), run_from_dict(obj["run"]), rows)]
+        raise ValueError(f"unknown outcome {sorted(map(repr, unknown))[0]}")
+    return groups
 
 
 def connect(path: Path) -> sqlite3.Connection:

@@ -263,3 +263,18 @@ def test_kafka_values_give_the_rows_and_problems_of_their_records(open_store: An
     assert answers(by_rows) == answers(by_records)
     stored = {r["id"]: r for r in answers(by_rows)["results"]}
     assert "new_field" not in stored[records[3].result.id]
+
+
+def test_record_entry_with_an_unknown_outcome_is_skipped(tmp_path: Path, open_store: Any) -> None:
+    log = LocalLog(tmp_path / "log.db")
+    log.open()
+    store = open_store()
+    bad = encode_entry(records_of("t", batch(1))).replace(b'"outcome":"passed"', b'"outcome":"x"')
+    good = batch(2)
+    log.append([bad, encode_entry(records_of("t", good))])
+    processor = LocalProcessor(log, store)
+    assert processor.step() == 2
+    assert sorted(r["id"] for r in store.results("t", "default", limit=10).items) == sorted(
+        r.id for r in good.results
+    )
+    log.close()
