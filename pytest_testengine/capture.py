@@ -123,8 +123,8 @@ class Assembler:
 
     def convert(self, reports: list[Any]) -> list[dict[str, Any]]:
         """The results finished by ``reports`` (test and collection reports, in the order
-        pytest logged them).  Called in batches from the sender thread, where this loop runs
-        two to three times faster than one report at a time between pytest's own work."""
+        pytest logged them).  Called with a batch of reports at a time: this loop runs two to
+        three times faster than one report at a time between pytest's own work."""
         results = []
         for report in reports:
             try:

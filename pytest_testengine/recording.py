@@ -40,8 +40,6 @@ from pytest_testengine.tags import (
 from pytest_testengine.transport import Transport
 
 PREFIX: Final = "[testengine]"
-#: Reports per result at most (setup, call, teardown): the sender's queue counts reports.
-REPORTS_PER_RESULT: Final = 3
 DROPPED_HELP: Final = "docs/troubleshooting.md#results-were-dropped"
 
 
@@ -269,8 +267,7 @@ class Recorder:
         policy = Policy(
             batch_size=settings.batch_size,
             batch_age=settings.batch_age,
-            # the queue holds reports until the sender thread turns them into results
-            queue_size=max(settings.queue_size, settings.batch_size) * REPORTS_PER_RESULT,
+            queue_size=max(settings.queue_size, settings.batch_size),
             flush_deadline=settings.flush_deadline,
             retry_budget=max(settings.flush_deadline, 1.0),
         )
@@ -296,8 +293,8 @@ class Recorder:
             self._start_once()
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        # the hot path, three times per test: hand the report over; the sender thread turns
-        # reports into results in batches (see Assembler.convert)
+        # the hot path, three times per test: hand the report over; the sender turns reports
+        # into results a batch at a time (see Sender.submit and Assembler.convert)
         if not self._started:
             self._start_once()
         if self.tagger is not None and report.when == "teardown":

@@ -1,10 +1,12 @@
 """Background delivery of results: batching, retries, the flush deadline, the spool.
 
-The pytest hooks call :meth:`Sender.submit` with a result dict: an append to a deque, nothing
-else.  One daemon thread drains the deque into a :class:`Batcher` (by count and by age, on an
-injected :class:`Clock`), encodes each batch with orjson, writes it to the output file if there
-is one, and posts it through the transport, retrying transient failures with jittered
-exponential backoff (tenacity), honouring ``Retry-After``, never past the deadline.
+The pytest hooks call :meth:`Sender.submit` with a result dict, or with a pytest report that a
+:class:`Converter` turns into results a batch at a time: an append to a deque, most of the
+time.  One daemon thread drains the results into a :class:`Batcher` (by count and by age, on
+an injected :class:`Clock`), encodes each batch with orjson, writes it to the output file if
+there is one, and posts it through the transport, retrying transient failures with jittered
+exponential backoff (tenacity, imported only then), honouring ``Retry-After``, never past the
+deadline.
 
 Memory is bounded: when more than ``queue_size`` results wait, the oldest batch is written to
 the spool instead of growing the queue, and batches are dropped once they are delivered.
@@ -48,7 +50,8 @@ class MonotonicClock:
 
 
 class Converter(Protocol):
-    """Turns submitted items into results in the sender thread, in submission order."""
+    """Turns submitted items into results, in submission order, a batch at a time (on the
+    thread that submits, or on the sender thread for items that wait too long)."""
 
     def convert(self, items: list[Any]) -> list[dict[str, Any]]: ...
 
@@ -233,8 +236,9 @@ class Sender:
         self._converter = converter
         self._convert_lock = threading.Lock()  # pop and convert as one step, in order
         self._rest_taken = False
-        self._pending: deque[Any] = deque()
-        self._oldest = 0.0  # when the oldest result in _pending was submitted (about)
+        self._pending: deque[Any] = deque()  # submitted items, not converted yet
+        self._ready: deque[dict[str, Any]] = deque()  # results for the sender thread
+        self._oldest = 0.0  # when the oldest item waiting was submitted (about)
         self._batcher = Batcher(policy.batch_size, policy.batch_age, self.clock)
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -259,15 +263,22 @@ class Sender:
 
     def submit(self, item: Any) -> None:
         """Queue one result, or one item of the converter (cheap: called from the pytest
-        hooks; converting and encoding happen in the sender thread)."""
+        hooks).
+
+        Items are converted here, a batch's worth at a time: converting in a tight loop is
+        cheap, and the sender thread, which only encodes and delivers, then seldom competes
+        with the tests for the GIL (each time it does costs both threads context switches).
+        Items a slow test keeps waiting are converted by the sender thread when they are due."""
         pending = self._pending
-        if not pending:  # its age counts from now, not from when the thread picks it up
+        if not pending and not self._ready:  # its age counts from now
             self._oldest = self.clock.now()
         pending.append(item)
         if len(pending) >= self.policy.batch_size:
-            if len(pending) >= self.policy.queue_size:
+            self._convert()
+            ready = len(self._ready)
+            if ready >= self.policy.queue_size:
                 self._spill()
-            if not self._wake.is_set():
+            if ready >= self.policy.batch_size and not self._wake.is_set():
                 self._wake.set()
 
     def close(self) -> Summary:
@@ -308,7 +319,7 @@ class Sender:
                     self._ship(batch)
                     continue
                 wait = self._batcher.wait_time()
-                if wait is None and self._pending:  # submitted since the drain
+                if wait is None and (self._pending or self._ready):  # came since the drain
                     wait = max(0.0, self._oldest + self.policy.batch_age - self.clock.now())
                 self._wake.wait(self.policy.batch_age if wait is None else wait)
                 self._wake.clear()
@@ -319,25 +330,32 @@ class Sender:
         except Exception as exc:  # never let the thread die silently
             self._problem(f"internal error in the sender: {type(exc).__name__}: {exc}")
 
-    def _take(self, final: bool = False, limit: int | None = None) -> list[dict[str, Any]]:
-        """Take what waits (at most ``limit`` items), as results in submission order;
-        ``final``: and what the converter still holds (once)."""
+    def _convert(self, final: bool = False) -> None:
+        """Convert every submitted item into results ready to send, in submission order (on
+        whichever thread calls it); ``final``: and what the converter still holds (once)."""
         with self._convert_lock:
             pending = self._pending
-            count = len(pending) if limit is None else min(limit, len(pending))
-            items = [pending.popleft() for _ in range(count)]
+            items = [pending.popleft() for _ in range(len(pending))]
             converter = self._converter
             results = items if converter is None or not items else converter.convert(items)
             if final and not self._rest_taken and converter is not None:
                 self._rest_taken = True
                 results += converter.rest()
+            self._ready.extend(results)
         self._count("submitted", len(results))
-        return results
+
+    def _take(self, final: bool = False, limit: int | None = None) -> list[dict[str, Any]]:
+        """Take the results waiting (at most ``limit``), in submission order."""
+        self._convert(final)
+        ready = self._ready
+        count = len(ready) if limit is None else min(limit, len(ready))
+        return [ready.popleft() for _ in range(count)]
 
     def _drain(self, final: bool = False) -> None:
         # a batch started here is as old as the oldest result waiting (submit() noted when it
         # came); a batch started after a full one counts from now
-        since = min(self._oldest, self.clock.now()) if not self._batcher and self._pending else None
+        waiting = self._pending or self._ready
+        since = min(self._oldest, self.clock.now()) if not self._batcher and waiting else None
         add = self._batcher.add
         for result in self._take(final):
             full = add(result, since)

@@ -482,10 +482,10 @@ class Pairs:
 
     def __init__(self) -> None:
         self.open: set[int] = set()
-        self.threads: set[str] = set()
+        self.calls: list[tuple[str, int]] = []  # (thread, items) of each convert()
 
     def convert(self, items: list[Any]) -> list[dict[str, Any]]:
-        self.threads.add(threading.current_thread().name)
+        self.calls.append((threading.current_thread().name, len(items)))
         out = []
         for kind, n in items:
             if kind == "start":
@@ -501,7 +501,7 @@ class Pairs:
         return rest
 
 
-def test_a_converter_turns_items_into_results_in_the_sender_thread(tmp_path: Path) -> None:
+def test_a_converter_turns_items_into_results_a_batch_at_a_time(tmp_path: Path) -> None:
     poster = FakePoster()
     pairs = Pairs()
     sender = Sender(
@@ -522,7 +522,33 @@ def test_a_converter_turns_items_into_results_in_the_sender_thread(tmp_path: Pat
     sent = [r["id"] for b in poster.bodies for r in b["results"]]
     assert sent == [f"id{n}" for n in range(101)]
     assert poster.bodies[-1]["results"][-1] == {"id": "id100", "unfinished": True}
-    assert pairs.threads == {"testengine-sender"}
+    # on the submitting thread, a batch of items at a time; the last item at the close
+    assert pairs.calls[:5] == [("MainThread", 40)] * 5
+    assert [n for _, n in pairs.calls[5:]] == [1]
+
+
+def test_items_a_slow_test_keeps_waiting_are_converted_by_the_sender_when_due(
+    tmp_path: Path,
+) -> None:
+    poster = FakePoster()
+    pairs = Pairs()
+    sender = Sender(
+        run=RUN,
+        poster=poster,
+        spool=Spool(tmp_path / "spool"),
+        policy=Policy(batch_size=40, batch_age=0.05, flush_deadline=2.0),
+        converter=pairs,
+    )
+    sender.start()
+    for n in range(3):
+        sender.submit(("start", n))
+        sender.submit(("end", n))
+    deadline = time.monotonic() + 10
+    while not poster.bodies and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert poster.sizes() == [3]
+    assert pairs.calls[0] == ("testengine-sender", 6)
+    sender.close()
 
 
 def test_a_full_queue_of_items_is_converted_before_it_is_spooled(tmp_path: Path) -> None:
