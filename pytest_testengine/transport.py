@@ -258,7 +258,7 @@ class Transport:
     def _request(
         self, path: str, body: bytes, timeout: float | None
     ) -> tuple[int, dict[str, str], bytes] | Retry:
-        content = gzip.compress(body, compresslevel=5) if self.compress else body
+        content = gzip.compress(body, compresslevel=1) if self.compress else body
         limit = self.timeout if timeout is None else max(0.05, min(timeout, self.timeout))
         target = self._base + path
         if self._proxy is not None and not self._https:
