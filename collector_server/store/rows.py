@@ -61,23 +61,25 @@ class RowWriter(Protocol):
     ) -> int: ...
 
 
+def row_of(r: dict[str, Any]) -> Row:
+    """The row of one result dict of the wire format (fields checked); KeyError if one is
+    missing."""
+    return (
+        r["id"],
+        r["nodeid"],
+        r["file"],
+        r["outcome"],
+        r["duration"],
+        r["start"],
+        r["stop"],
+        orjson.dumps(r),
+    )
+
+
 def rows_of_checked(results: Iterable[dict[str, Any]]) -> list[Row]:
     """Rows of results as parsed from a checked batch body (every field present and of its
     type: see ``ingest.check_batch``); raises KeyError if one is not."""
-    dumps = orjson.dumps
-    return [
-        (
-            r["id"],
-            r["nodeid"],
-            r["file"],
-            r["outcome"],
-            r["duration"],
-            r["start"],
-            r["stop"],
-            dumps(r),
-        )
-        for r in results
-    ]
+    return [row_of(r) for r in results]
 
 
 def rows_of_records(records: Sequence[Record]) -> list[RunRows]:
@@ -177,16 +179,7 @@ def rows_of_values(
         if plain is not None:
             tenant, run_obj, r = plain
             key = (tenant, run_obj["suite"], run_obj["run_id"])
-            row: Row = (
-                r["id"],
-                r["nodeid"],
-                r["file"],
-                r["outcome"],
-                r["duration"],
-                r["start"],
-                r["stop"],
-                dumps(r),
-            )
+            row = row_of(r)
         else:
             record, problem = slow(value)
             if record is None:

@@ -12,7 +12,7 @@ import pytest
 
 from pytest_testengine.output import OutputFile
 from pytest_testengine.recording import summary_line
-from pytest_testengine.sender import Batcher, Policy, Sender, Summary, deliver
+from pytest_testengine.sender import Batcher, Converter, Policy, Sender, Summary, deliver
 from pytest_testengine.spool import Spool
 from pytest_testengine.transport import Answer, Delivered, Rejected, Retry
 
@@ -202,11 +202,14 @@ def test_single_mode_makes_one_attempt() -> None:
 # -- Sender ----------------------------------------------------------------------------------
 
 
-def make_sender(tmp_path: Path, poster: FakePoster | None, **policy: Any) -> Sender:
+def make_sender(
+    tmp_path: Path, poster: FakePoster | None, converter: Converter | None = None, **policy: Any
+) -> Sender:
     sender = Sender(
         run=RUN,
         poster=poster,
         spool=Spool(tmp_path / "spool"),
+        converter=converter,
         policy=Policy(
             **{
                 "batch_age": 60.0,
@@ -504,14 +507,7 @@ class Pairs:
 def test_a_converter_turns_items_into_results_a_batch_at_a_time(tmp_path: Path) -> None:
     poster = FakePoster()
     pairs = Pairs()
-    sender = Sender(
-        run=RUN,
-        poster=poster,
-        spool=Spool(tmp_path / "spool"),
-        policy=Policy(batch_size=40, batch_age=60.0, flush_deadline=2.0),
-        converter=pairs,
-    )
-    sender.start()
+    sender = make_sender(tmp_path, poster, pairs, batch_size=40, batch_age=60.0)
     for n in range(100):
         sender.submit(("start", n))
         sender.submit(("end", n))
@@ -532,14 +528,7 @@ def test_items_a_slow_test_keeps_waiting_are_converted_by_the_sender_when_due(
 ) -> None:
     poster = FakePoster()
     pairs = Pairs()
-    sender = Sender(
-        run=RUN,
-        poster=poster,
-        spool=Spool(tmp_path / "spool"),
-        policy=Policy(batch_size=40, batch_age=0.05, flush_deadline=2.0),
-        converter=pairs,
-    )
-    sender.start()
+    sender = make_sender(tmp_path, poster, pairs, batch_size=40, batch_age=0.05)
     for n in range(3):
         sender.submit(("start", n))
         sender.submit(("end", n))
@@ -554,14 +543,7 @@ def test_items_a_slow_test_keeps_waiting_are_converted_by_the_sender_when_due(
 def test_a_full_queue_of_items_is_converted_before_it_is_spooled(tmp_path: Path) -> None:
     poster = FakePoster()
     poster.gate = threading.Event()  # the collector hangs
-    sender = Sender(
-        run=RUN,
-        poster=poster,
-        spool=Spool(tmp_path / "spool"),
-        policy=Policy(batch_size=10, queue_size=40, batch_age=60.0, flush_deadline=2.0),
-        converter=Pairs(),
-    )
-    sender.start()
+    sender = make_sender(tmp_path, poster, Pairs(), batch_size=10, queue_size=40, batch_age=60.0)
     for n in range(200):
         sender.submit(("start", n))
         sender.submit(("end", n))
