@@ -22,8 +22,9 @@ from pytest_testengine.config import ConfigError, Settings, resolve
 from pytest_testengine.tags import MARKER_HELP
 
 if TYPE_CHECKING:
-    from pytest_testengine.recording import Recorder, Tagger
+    from pytest_testengine.recording import Recorder
     from pytest_testengine.sharding import SplitSpec
+    from pytest_testengine.tagging import Tagger
 
 SETTINGS = pytest.StashKey[Settings]()
 RECORDER: pytest.StashKey[Recorder] = pytest.StashKey()
@@ -85,14 +86,16 @@ def _register_sharder(config: pytest.Config, settings: Settings, split: SplitSpe
 
 
 def _register_recording(config: pytest.Config, settings: Settings, *, waits_for_plan: bool) -> None:
-    from pytest_testengine import recording  # only now: httpx and the sender cost imports
+    from pytest_testengine import tagging
 
-    tagger = recording.Tagger()
+    tagger = tagging.Tagger()
     config.stash[TAGGER] = tagger
     config.pluginmanager.register(tagger, "testengine-tagger")
     if hasattr(config, "workerinput"):  # an xdist worker: tags travel on the reports
-        config.pluginmanager.register(recording.WorkerTagger(tagger), "testengine-worker-tagger")
-    else:  # results are sent from here
+        config.pluginmanager.register(tagging.WorkerTagger(tagger), "testengine-worker-tagger")
+    else:  # results are sent from here (only now: the sender and transport cost imports)
+        from pytest_testengine import recording
+
         recorder = recording.Recorder(config, settings, tagger)
         recorder.wait_for_plan = waits_for_plan
         config.stash[RECORDER] = recorder
