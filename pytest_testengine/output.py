@@ -35,7 +35,14 @@ class OutputFile:
         self._file.write(orjson.dumps({"schema": SCHEMA_VERSION, "run": self._run}) + b"\n")
 
     def write(self, results: Iterable[Mapping[str, Any]]) -> None:
-        lines = b"".join(orjson.dumps({"result": r}) + b"\n" for r in results)
+        self.write_lines(self.lines(results))
+
+    @staticmethod
+    def lines(results: Iterable[Mapping[str, Any]]) -> bytes:
+        """The lines of ``results`` (encoded apart from writing, on another thread maybe)."""
+        return b"".join(orjson.dumps({"result": r}) + b"\n" for r in results)
+
+    def write_lines(self, lines: bytes) -> None:
         with self._lock:
             if self._file is None:
                 raise OSError(f"{self.path} is not open")

@@ -193,6 +193,16 @@ def deliver(
     return answer
 
 
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A batch encoded for delivery: its request body (None without a collector) and its
+    output file lines (None without an output file)."""
+
+    results: list[dict[str, Any]]
+    body: bytes | None
+    lines: bytes | None
+
+
 @dataclass(slots=True)
 class Summary:
     """What happened to the results of a run."""
@@ -237,7 +247,8 @@ class Sender:
         self._convert_lock = threading.Lock()  # pop and convert as one step, in order
         self._rest_taken = False
         self._pending: deque[Any] = deque()  # submitted items, not converted yet
-        self._ready: deque[dict[str, Any]] = deque()  # results for the sender thread
+        self._ready: deque[dict[str, Any]] = deque()  # results not in a batch yet
+        self._outbox: deque[Prepared] = deque()  # full batches, encoded, to deliver
         self._oldest = 0.0  # when the oldest item waiting was submitted (about)
         self._batcher = Batcher(policy.batch_size, policy.batch_age, self.clock)
         self._lock = threading.Lock()
@@ -265,20 +276,24 @@ class Sender:
         """Queue one result, or one item of the converter (cheap: called from the pytest
         hooks).
 
-        Items are converted here, a batch's worth at a time: converting in a tight loop is
-        cheap, and the sender thread, which only encodes and delivers, then seldom competes
-        with the tests for the GIL (each time it does costs both threads context switches).
-        Items a slow test keeps waiting are converted by the sender thread when they are due."""
+        Items are converted, and full batches encoded, here, a batch's worth at a time: that
+        is cheap in a tight loop, and the sender thread, which then only writes and posts,
+        seldom competes with the tests for the GIL (each time it does costs both threads
+        context switches at every system call of pytest's output capturing).  What a slow
+        test keeps waiting, the sender thread converts and sends when it is due."""
         pending = self._pending
         if not pending and not self._ready:  # its age counts from now
             self._oldest = self.clock.now()
         pending.append(item)
-        if len(pending) >= self.policy.batch_size:
+        size = self.policy.batch_size
+        if len(pending) >= size:
             self._convert()
-            ready = len(self._ready)
-            if ready >= self.policy.queue_size:
+            ready, outbox = self._ready, self._outbox
+            while len(ready) >= size:
+                outbox.append(self._prepare([ready.popleft() for _ in range(size)]))
+            if len(outbox) * size >= self.policy.queue_size:
                 self._spill()
-            if ready >= self.policy.batch_size and not self._wake.is_set():
+            if outbox and not self._wake.is_set():
                 self._wake.set()
 
     def close(self) -> Summary:
@@ -297,6 +312,7 @@ class Sender:
                 self._problem("the sender did not finish in time")
         alive = thread is not None and thread.is_alive()
         self._give_up = True  # from here on, whatever is left goes to the spool
+        self._send_outbox()
         rest = [] if alive else self._batcher.take()
         rest += self._take(final=True)
         for start in range(0, len(rest), self.policy.batch_size):
@@ -313,16 +329,20 @@ class Sender:
     def _loop(self) -> None:
         try:
             while not self._closing:
+                self._send_outbox()
                 self._drain()
                 batch = self._batcher.due()
                 if batch:
                     self._ship(batch)
+                    continue
+                if self._outbox:
                     continue
                 wait = self._batcher.wait_time()
                 if wait is None and (self._pending or self._ready):  # came since the drain
                     wait = max(0.0, self._oldest + self.policy.batch_age - self.clock.now())
                 self._wake.wait(self.policy.batch_age if wait is None else wait)
                 self._wake.clear()
+            self._send_outbox()
             self._drain(final=True)
             rest = self._batcher.take()
             if rest:
@@ -344,18 +364,22 @@ class Sender:
             self._ready.extend(results)
         self._count("submitted", len(results))
 
-    def _take(self, final: bool = False, limit: int | None = None) -> list[dict[str, Any]]:
-        """Take the results waiting (at most ``limit``), in submission order."""
+    def _take(self, final: bool = False) -> list[dict[str, Any]]:
+        """Take the results not in a batch yet, in submission order."""
         self._convert(final)
         ready = self._ready
-        count = len(ready) if limit is None else min(limit, len(ready))
-        return [ready.popleft() for _ in range(count)]
+        return [ready.popleft() for _ in range(len(ready))]
 
     def _drain(self, final: bool = False) -> None:
+        """Take what waits into the batcher once the oldest of it is due (``final``: now);
+        until then it is left to submit(), which converts and batches on its own thread."""
+        waiting = self._pending or self._ready
+        now = self.clock.now()
+        if not final and (not waiting or now - self._oldest < self.policy.batch_age):
+            return
         # a batch started here is as old as the oldest result waiting (submit() noted when it
         # came); a batch started after a full one counts from now
-        waiting = self._pending or self._ready
-        since = min(self._oldest, self.clock.now()) if not self._batcher and waiting else None
+        since = min(self._oldest, now) if not self._batcher and waiting else None
         add = self._batcher.add
         for result in self._take(final):
             full = add(result, since)
@@ -377,11 +401,28 @@ class Sender:
     def _encode(self, results: list[dict[str, Any]]) -> bytes:
         return self._head + orjson.dumps(results) + b"}"
 
+    def _prepare(self, batch: list[dict[str, Any]]) -> Prepared:
+        lines = self._output.lines(batch) if self._output is not None else None
+        body = self._encode(batch) if self._poster is not None else None
+        return Prepared(batch, body, lines)
+
+    def _send_outbox(self) -> None:
+        outbox = self._outbox
+        while outbox:
+            try:
+                prepared = outbox.popleft()
+            except IndexError:  # taken by a spill meanwhile
+                return
+            self._send(prepared)
+
     def _ship(self, batch: list[dict[str, Any]]) -> None:
-        self._write_output(batch)
-        if self._poster is None:
+        self._send(self._prepare(batch))
+
+    def _send(self, prepared: Prepared) -> None:
+        batch, body = prepared.results, prepared.body
+        self._write_lines(prepared.lines)
+        if self._poster is None or body is None:
             return
-        body = self._encode(batch)
         if self._give_up or (self._closing and self.clock.now() >= self._deadline):
             self._to_spool(body, batch)
             return
@@ -432,22 +473,23 @@ class Sender:
 
     def _spill(self) -> None:
         """Move the oldest waiting batch to the spool (the queue is full)."""
-        batch = self._take(limit=self.policy.batch_size)
-        if not batch:
+        try:
+            prepared = self._outbox.popleft()
+        except IndexError:  # sent meanwhile
             return
-        self._write_output(batch)
-        if self._poster is None:
+        self._write_lines(prepared.lines)
+        if self._poster is None or prepared.body is None:
             return
         self._problem(
             f"the queue of results waiting for the collector was full "
             f"({self.policy.queue_size}, TESTENGINE_QUEUE_SIZE)"
         )
-        self._to_spool(self._encode(batch), batch)
+        self._to_spool(prepared.body, prepared.results)
 
-    def _write_output(self, batch: list[dict[str, Any]]) -> None:
-        if self._output is not None:
+    def _write_lines(self, lines: bytes | None) -> None:
+        if self._output is not None and lines is not None:
             try:
-                self._output.write(batch)
+                self._output.write_lines(lines)
             except OSError as exc:
                 self._problem(f"could not write {self._output.path} ({exc})")
 

@@ -36,18 +36,24 @@ def test_age_counts_from_submission(tmp_path: Path) -> None:
     sender.submit({"id": "1"})
     clock.sleep(1.5)  # the thread sleeps meanwhile
     sender.submit({"id": "2"})
-    sender._drain()
-    assert sender._batcher.wait_time() == pytest.approx(0.5)
+    sender._drain()  # not due yet: left waiting
+    assert len(sender._batcher) == 0
     clock.sleep(0.5)
+    sender._drain()
     assert sender._batcher.due() == [{"id": "1"}, {"id": "2"}]
 
 
-def test_a_batch_after_a_full_one_counts_from_now(tmp_path: Path) -> None:
+def test_a_result_after_a_full_batch_counts_from_its_submission(tmp_path: Path) -> None:
     clock = FakeClock()
     sender = idle_sender(tmp_path, clock, batch_size=2)
-    for i in range(3):
-        sender.submit({"id": str(i)})
+    sender.submit({"id": "0"})
+    sender.submit({"id": "1"})  # a full batch: prepared for the thread at once
+    assert [p.results for p in sender._outbox] == [[{"id": "0"}, {"id": "1"}]]
     clock.sleep(1.0)
-    sender._drain()  # ships 0 and 1 (no poster: nowhere to go), keeps 2
-    assert len(sender._batcher) == 1
-    assert sender._batcher.wait_time() == pytest.approx(2.0)
+    sender.submit({"id": "2"})
+    clock.sleep(1.5)
+    sender._drain()
+    assert len(sender._batcher) == 0  # 1.5 s old: not due
+    clock.sleep(0.5)
+    sender._drain()
+    assert sender._batcher.due() == [{"id": "2"}]
