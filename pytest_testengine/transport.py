@@ -218,6 +218,9 @@ class Transport:
             self._headers["Authorization"] = f"Bearer {token}"
         self._connection: http.client.HTTPConnection | None = None
         self._lock = threading.Lock()
+        self._used = 0.0  # time.monotonic() at the end of the last exchange
+        #: Seconds idle after which a kept-alive connection is checked before use.
+        self.idle_check = 1.0
 
     def __repr__(self) -> str:
         return f"Transport({self.url!r}, compress={self.compress})"
@@ -272,6 +275,7 @@ class Transport:
             except (OSError, http.client.HTTPException) as exc:
                 self._drop()
                 return Retry(describe_error(exc, self.url), unreachable=True)
+            self._used = time.monotonic()
             headers = {key.lower(): value for key, value in response.getheaders()}
             if response.will_close:
                 self._drop()
@@ -279,10 +283,12 @@ class Transport:
 
     def _connect(self, timeout: float) -> http.client.HTTPConnection:
         connection = self._connection
-        # an idle kept-alive connection the server closed: open a new one, don't send into it
+        # a kept-alive connection idle for a while may have been closed by the server: then
+        # open a new one rather than send into it (one system call, so only after a pause)
         if (
             connection is not None
             and connection.sock is not None
+            and time.monotonic() - self._used > self.idle_check
             and _closed_by_peer(connection.sock)
         ):
             self._drop()

@@ -251,6 +251,7 @@ class _ClosingServer:
 def test_an_idle_connection_the_server_closed_is_replaced_not_failed() -> None:
     server = _ClosingServer()
     transport = Transport(server.url, environ={})
+    transport.idle_check = 0.0  # checked after any pause (1 s by default)
     try:
         first = transport.post(b'{"results": []}')
         deadline = time.monotonic() + 5.0
