@@ -504,13 +504,17 @@ class Pairs:
         return rest
 
 
+def submit_pairs(sender: Sender, count: int) -> None:
+    for n in range(count):
+        sender.submit(("start", n))
+        sender.submit(("end", n))
+
+
 def test_a_converter_turns_items_into_results_a_batch_at_a_time(tmp_path: Path) -> None:
     poster = FakePoster()
     pairs = Pairs()
     sender = make_sender(tmp_path, poster, pairs, batch_size=40, batch_age=60.0)
-    for n in range(100):
-        sender.submit(("start", n))
-        sender.submit(("end", n))
+    submit_pairs(sender, 100)
     sender.submit(("start", 100))  # never ends: an interrupted test
     summary = sender.close()
     assert (summary.submitted, summary.sent, summary.spooled) == (101, 101, 0)
@@ -529,9 +533,7 @@ def test_items_a_slow_test_keeps_waiting_are_converted_by_the_sender_when_due(
     poster = FakePoster()
     pairs = Pairs()
     sender = make_sender(tmp_path, poster, pairs, batch_size=40, batch_age=0.05)
-    for n in range(3):
-        sender.submit(("start", n))
-        sender.submit(("end", n))
+    submit_pairs(sender, 3)
     deadline = time.monotonic() + 10
     while not poster.bodies and time.monotonic() < deadline:
         time.sleep(0.01)
