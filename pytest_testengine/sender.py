@@ -287,10 +287,13 @@ class Sender:
         pending.append(item)
         size = self.policy.batch_size
         if len(pending) >= size:
-            self._convert()
-            ready, outbox = self._ready, self._outbox
-            while len(ready) >= size:
-                outbox.append(self._prepare([ready.popleft() for _ in range(size)]))
+            with self._convert_lock:  # the sender thread may take due results meanwhile
+                self._convert()
+                ready = self._ready
+                full = [[ready.popleft() for _ in range(size)] for _ in range(len(ready) // size)]
+            outbox = self._outbox
+            for batch in full:
+                outbox.append(self._prepare(batch))
             if len(outbox) * size >= self.policy.queue_size:
                 self._spill()
             if outbox and not self._wake.is_set():
@@ -352,23 +355,26 @@ class Sender:
 
     def _convert(self, final: bool = False) -> None:
         """Convert every submitted item into results ready to send, in submission order (on
-        whichever thread calls it); ``final``: and what the converter still holds (once)."""
-        with self._convert_lock:
-            pending = self._pending
-            items = [pending.popleft() for _ in range(len(pending))]
-            converter = self._converter
-            results = items if converter is None or not items else converter.convert(items)
-            if final and not self._rest_taken and converter is not None:
-                self._rest_taken = True
-                results += converter.rest()
-            self._ready.extend(results)
+        whichever thread calls it, holding ``_convert_lock``); ``final``: and what the
+        converter still holds (once)."""
+        pending = self._pending
+        items = [pending.popleft() for _ in range(len(pending))]
+        converter = self._converter
+        results = items if converter is None or not items else converter.convert(items)
+        if final and not self._rest_taken and converter is not None:
+            self._rest_taken = True
+            results += converter.rest()
+        self._ready.extend(results)
         self._count("submitted", len(results))
 
     def _take(self, final: bool = False) -> list[dict[str, Any]]:
         """Take the results not in a batch yet, in submission order."""
-        self._convert(final)
-        ready = self._ready
-        return [ready.popleft() for _ in range(len(ready))]
+        with self._convert_lock:
+            self._convert(final)
+            ready = self._ready
+            results = list(ready)
+            ready.clear()
+        return results
 
     def _drain(self, final: bool = False) -> None:
         """Take what waits into the batcher once the oldest of it is due (``final``: now);

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from pathlib import Path
@@ -557,3 +558,23 @@ def test_a_full_queue_of_items_is_converted_before_it_is_spooled(tmp_path: Path)
         r["id"] for r in spooled(tmp_path)
     ]
     assert sorted(ids) == sorted(f"id{n}" for n in range(200))
+
+
+def test_results_due_on_the_sender_thread_and_full_batches_on_the_caller_never_collide(
+    tmp_path: Path,
+) -> None:
+    poster = FakePoster()
+    # a tiny batch age keeps the sender thread taking due results while the caller converts
+    # and batches: every result must still be sent once, and the thread must not fail
+    sender = make_sender(tmp_path, poster, Pairs(), batch_size=7, batch_age=0.0002)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can
+    try:
+        submit_pairs(sender, 20_000)
+    finally:
+        sys.setswitchinterval(interval)
+    summary = sender.close()
+    assert summary.problems == []
+    sent = [r["id"] for b in poster.bodies for r in b["results"]]
+    assert len(sent) == summary.sent == 20_000
+    assert set(sent) == {f"id{n}" for n in range(20_000)}
