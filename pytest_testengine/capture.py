@@ -28,6 +28,14 @@ _SKIP_PREFIX: Final = "Skipped: "
 _PHASES: Final = frozenset({"setup", "call", "teardown"})
 
 
+def note_error(errors: list[str], exc: Exception) -> None:
+    """Add an internal error of the plugin to ``errors`` (the first three kinds only): it ends
+    up in the summary line instead of a traceback in the user's run."""
+    text = f"internal error of the plugin ({type(exc).__name__}: {exc})"
+    if text not in errors and len(errors) < 3:
+        errors.append(text)
+
+
 class IdSequence:
     """Result ids in the shape of ``model.new_id()`` (32 hex digits), made cheaply: 80 random
     bits per session followed by a counter, so ids never repeat across runs or within one."""
@@ -133,16 +141,11 @@ class Assembler:
                 else:
                     result = self.test_report(report)
             except Exception as exc:  # one odd report must not cost the others
-                text = f"internal error of the plugin ({type(exc).__name__}: {exc})"
-                if text not in self.errors and len(self.errors) < 3:
-                    self.errors.append(text)
+                note_error(self.errors, exc)
                 continue
             if result is not None:
                 results.append(result)
         return results
-
-    def rest(self) -> list[dict[str, Any]]:
-        return self.unfinished()
 
     def test_report(self, report: Any) -> dict[str, Any] | None:
         """Take one phase report; return the finished result on the teardown report."""

@@ -66,7 +66,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def _split_spec(config: pytest.Config, settings: Settings) -> SplitSpec | None:
     """The split of this session (None: not a shard); a bad combination is a usage error."""
     if settings.split_index is None and settings.split_total is None:
-        return None  # not a shard: skip importing the plan client (httpx, tenacity)
+        return None  # not a shard: skip importing the plan client and tenacity
     from pytest_testengine.sharding import split_spec
 
     xdist = getattr(config.option, "dist", "no") != "no" or hasattr(config, "workerinput")

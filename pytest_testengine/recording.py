@@ -21,7 +21,7 @@ from typing import Any, Final
 import pytest
 
 from pytest_testengine import __version__
-from pytest_testengine.capture import Assembler
+from pytest_testengine.capture import Assembler, note_error
 from pytest_testengine.config import Settings
 from pytest_testengine.model import new_id
 from pytest_testengine.output import OutputFile
@@ -178,9 +178,7 @@ class Recorder:
         self.sender.start()
 
     def _failed(self, exc: Exception) -> None:
-        text = f"internal error of the plugin ({type(exc).__name__}: {exc})"
-        if text not in self.errors and len(self.errors) < 3:
-            self.errors.append(text)
+        note_error(self.errors, exc)
 
     # -- hooks ------------------------------------------------------------------------------
 

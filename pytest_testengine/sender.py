@@ -1,12 +1,12 @@
 """Background delivery of results: batching, retries, the flush deadline, the spool.
 
 The pytest hooks call :meth:`Sender.submit` with a result dict, or with a pytest report that a
-:class:`Converter` turns into results a batch at a time: an append to a deque, most of the
-time.  One daemon thread drains the results into a :class:`Batcher` (by count and by age, on
-an injected :class:`Clock`), encodes each batch with orjson, writes it to the output file if
-there is one, and posts it through the transport, retrying transient failures with jittered
-exponential backoff (tenacity, imported only then), honouring ``Retry-After``, never past the
-deadline.
+:class:`Converter` turns into results: an append to a deque, most of the time.  Every
+``batch_size`` items, submit() converts them and encodes each full batch (orjson; the output
+file's lines too).  One daemon thread writes and posts those batches through the transport,
+retrying transient failures with jittered exponential backoff (tenacity, imported only then),
+honouring ``Retry-After``, never past the deadline; it also sends a partial batch once its
+oldest result has waited ``batch_age`` (on an injected :class:`Clock`).
 
 Memory is bounded: when more than ``queue_size`` results wait, the oldest batch is written to
 the spool instead of growing the queue, and batches are dropped once they are delivered.
@@ -55,7 +55,7 @@ class Converter(Protocol):
 
     def convert(self, items: list[Any]) -> list[dict[str, Any]]: ...
 
-    def rest(self) -> list[dict[str, Any]]:
+    def unfinished(self) -> list[dict[str, Any]]:
         """The results still open once every item is converted (the end of the run)."""
         ...
 
@@ -77,44 +77,6 @@ class Policy:
     retry_budget: float = 5.0  # seconds one batch may spend retrying during the run
     backoff: float = 0.2  # first backoff (seconds), doubled per attempt, with full jitter
     max_backoff: float = 5.0
-
-
-class Batcher:
-    """Groups items into batches of ``size``, or fewer once the oldest is ``max_age`` old."""
-
-    def __init__(self, size: int, max_age: float, clock: Clock) -> None:
-        self.size = size
-        self.max_age = max_age
-        self.clock = clock
-        self._items: list[Any] = []
-        self._since = 0.0
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def add(self, item: Any, since: float | None = None) -> list[Any] | None:
-        """Add one item (waiting since ``since``, default now); return a full batch when this
-        one completes it."""
-        if not self._items:
-            self._since = self.clock.now() if since is None else since
-        self._items.append(item)
-        return self.take() if len(self._items) >= self.size else None
-
-    def due(self) -> list[Any] | None:
-        """The partial batch if its oldest item reached ``max_age``, else None."""
-        if self._items and self.clock.now() - self._since >= self.max_age:
-            return self.take()
-        return None
-
-    def wait_time(self) -> float | None:
-        """Seconds until the partial batch is due; None when empty."""
-        if not self._items:
-            return None
-        return max(0.0, self._since + self.max_age - self.clock.now())
-
-    def take(self) -> list[Any]:
-        items, self._items = self._items, []
-        return items
 
 
 class OutOfTime(Exception):
@@ -250,7 +212,6 @@ class Sender:
         self._ready: deque[dict[str, Any]] = deque()  # results not in a batch yet
         self._outbox: deque[Prepared] = deque()  # full batches, encoded, to deliver
         self._oldest = 0.0  # when the oldest item waiting was submitted (about)
-        self._batcher = Batcher(policy.batch_size, policy.batch_age, self.clock)
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._interrupt = threading.Event()
@@ -316,10 +277,7 @@ class Sender:
         alive = thread is not None and thread.is_alive()
         self._give_up = True  # from here on, whatever is left goes to the spool
         self._send_outbox()
-        rest = [] if alive else self._batcher.take()
-        rest += self._take(final=True)
-        for start in range(0, len(rest), self.policy.batch_size):
-            self._ship(rest[start : start + self.policy.batch_size])
+        self._ship_all(self._take(final=True))
         if not alive and self._poster is not None:
             self._poster.close()
         if self._output is not None:
@@ -331,25 +289,19 @@ class Sender:
 
     def _loop(self) -> None:
         try:
+            age = self.policy.batch_age
             while not self._closing:
                 self._send_outbox()
                 self._drain()
-                batch = self._batcher.due()
-                if batch:
-                    self._ship(batch)
-                    continue
                 if self._outbox:
                     continue
-                wait = self._batcher.wait_time()
-                if wait is None and (self._pending or self._ready):  # came since the drain
-                    wait = max(0.0, self._oldest + self.policy.batch_age - self.clock.now())
-                self._wake.wait(self.policy.batch_age if wait is None else wait)
+                wait = age
+                if self._pending or self._ready:  # due batch_age after the oldest came
+                    wait = max(0.0, self._oldest + age - self.clock.now())
+                self._wake.wait(wait)
                 self._wake.clear()
             self._send_outbox()
             self._drain(final=True)
-            rest = self._batcher.take()
-            if rest:
-                self._ship(rest)
         except Exception as exc:  # never let the thread die silently
             self._problem(f"internal error in the sender: {type(exc).__name__}: {exc}")
 
@@ -363,7 +315,7 @@ class Sender:
         results = items if converter is None or not items else converter.convert(items)
         if final and not self._rest_taken and converter is not None:
             self._rest_taken = True
-            results += converter.rest()
+            results += converter.unfinished()
         self._ready.extend(results)
         self._count("submitted", len(results))
 
@@ -377,21 +329,18 @@ class Sender:
         return results
 
     def _drain(self, final: bool = False) -> None:
-        """Take what waits into the batcher once the oldest of it is due (``final``: now);
+        """Send what waits once the oldest of it has waited ``batch_age`` (``final``: now);
         until then it is left to submit(), which converts and batches on its own thread."""
-        waiting = self._pending or self._ready
-        now = self.clock.now()
-        if not final and (not waiting or now - self._oldest < self.policy.batch_age):
-            return
-        # a batch started here is as old as the oldest result waiting (submit() noted when it
-        # came); a batch started after a full one counts from now
-        since = min(self._oldest, now) if not self._batcher and waiting else None
-        add = self._batcher.add
-        for result in self._take(final):
-            full = add(result, since)
-            since = None
-            if full:
-                self._ship(full)
+        if not final:
+            waiting = self._pending or self._ready
+            if not waiting or self.clock.now() - self._oldest < self.policy.batch_age:
+                return
+        self._ship_all(self._take(final))
+
+    def _ship_all(self, results: list[dict[str, Any]]) -> None:
+        size = self.policy.batch_size
+        for start in range(0, len(results), size):
+            self._ship(results[start : start + size])
 
     def _sleep(self, seconds: float) -> None:
         """Sleep between retries; when close() moves the deadline closer than the end of this

@@ -328,9 +328,9 @@ def test_convert_turns_a_stream_of_reports_into_results_in_order() -> None:
     second = assembler.convert([report("teardown"), report("call", nodeid=other)])
     assert [r["nodeid"] for r in second] == [NODEID]
     assert second[0]["duration"] == pytest.approx(0.6)
-    (rest,) = assembler.rest()
+    (rest,) = assembler.unfinished()
     assert rest["nodeid"] == other
-    assert assembler.rest() == []
+    assert assembler.unfinished() == []
     assert assembler.errors == []
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from pytest_testengine.output import OutputFile
 from pytest_testengine.recording import summary_line
-from pytest_testengine.sender import Batcher, Converter, Policy, Sender, Summary, deliver
+from pytest_testengine.sender import Converter, Policy, Sender, Summary, deliver
 from pytest_testengine.spool import Spool
 from pytest_testengine.transport import Answer, Delivered, Rejected, Retry
 
@@ -62,57 +62,6 @@ class FakePoster:
 
 def results(n: int, start: int = 0) -> list[dict[str, Any]]:
     return [{"id": f"id{i}", "nodeid": f"t.py::test_{i}"} for i in range(start, start + n)]
-
-
-# -- Batcher ---------------------------------------------------------------------------------
-
-
-def test_batcher_emits_a_full_batch_by_count() -> None:
-    batcher = Batcher(3, 10.0, FakeClock())
-    assert [batcher.add(i) for i in range(7)] == [
-        None,
-        None,
-        [0, 1, 2],
-        None,
-        None,
-        [3, 4, 5],
-        None,
-    ]
-    assert len(batcher) == 1
-
-
-@pytest.mark.parametrize(
-    ("elapsed", "due"),
-    [
-        pytest.param(0.0, None, id="fresh"),
-        pytest.param(1.99, None, id="just-before"),
-        pytest.param(2.0, ["a", "b"], id="at-age"),
-        pytest.param(30.0, ["a", "b"], id="long-after"),
-    ],
-)
-def test_batcher_emits_a_partial_batch_by_age_of_its_oldest_item(
-    elapsed: float, due: list[str] | None
-) -> None:
-    clock = FakeClock()
-    batcher = Batcher(100, 2.0, clock)
-    batcher.add("a")
-    clock.sleep(elapsed / 2)
-    batcher.add("b")
-    clock.sleep(elapsed / 2)
-    assert batcher.due() == due
-
-
-def test_batcher_wait_time() -> None:
-    clock = FakeClock()
-    batcher = Batcher(100, 2.0, clock)
-    assert batcher.wait_time() is None
-    batcher.add("a")
-    clock.sleep(0.5)
-    assert batcher.wait_time() == pytest.approx(1.5)
-    clock.sleep(5)
-    assert batcher.wait_time() == 0.0
-    assert batcher.take() == ["a"]
-    assert batcher.due() is None
 
 
 # -- deliver ---------------------------------------------------------------------------------
@@ -499,7 +448,7 @@ class Pairs:
                 out.append({"id": f"id{n}"})
         return out
 
-    def rest(self) -> list[dict[str, Any]]:
+    def unfinished(self) -> list[dict[str, Any]]:
         rest = [{"id": f"id{n}", "unfinished": True} for n in sorted(self.open)]
         self.open.clear()
         return rest
