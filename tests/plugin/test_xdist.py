@@ -93,3 +93,43 @@ def test_xdist_sends_each_result_once_with_tags_and_counts_match_a_serial_run(
     assert parallel_by_id["test_xd.py::test_many[7]"]["message"].count("seven") >= 1
     assert len({r["run_id"] for r in parallel}) == 1  # one session, one run
     assert summary_lines(xdist_run.outlines) == [f"[testengine] sent 43 results to {collector.url}"]
+
+
+def test_workers_tag_reports_without_importing_the_sender(pytester: pytest.Pytester) -> None:
+    # a worker only puts tags on its reports: the sender, the transport and http.client are
+    # the controller's (imports are most of what recording costs a run)
+    pytester.makeconftest(
+        """
+        import os, sys
+
+        def pytest_sessionfinish(session):
+            worker = os.environ.get("PYTEST_XDIST_WORKER", "controller")
+            loaded = [m for m in ("pytest_testengine.sender", "pytest_testengine.transport",
+                                  "pytest_testengine.tagging") if m in sys.modules]
+            with open(f"modules-{worker}.txt", "w") as out:
+                out.write(" ".join(loaded))
+        """
+    )
+    pytester.makepyfile(
+        test_w="""
+        import pytest
+
+        @pytest.mark.testengine(team="core")
+        @pytest.mark.parametrize("i", range(4))
+        def test_w(i):
+            pass
+        """
+    )
+    out = pytester.path / "results.jsonl"
+    run = pytester.runpytest_subprocess("-n", "2", f"--testengine-output={out}")
+    run.assert_outcomes(passed=4)
+    for worker in ("gw0", "gw1"):
+        assert (pytester.path / f"modules-{worker}.txt").read_text() == "pytest_testengine.tagging"
+    assert (pytester.path / "modules-controller.txt").read_text().split() == [
+        "pytest_testengine.sender",
+        "pytest_testengine.transport",
+        "pytest_testengine.tagging",
+    ]
+    lines = out.read_bytes().splitlines()[1:]
+    assert len(lines) == 4
+    assert all(b'"team":"core"' in line for line in lines)
