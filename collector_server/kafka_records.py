@@ -16,6 +16,7 @@ from typing import Any, Final, NamedTuple
 import orjson
 from confluent_kafka import Message
 
+from collector_server.store.rows import plain
 from pytest_testengine.model import (
     SCHEMA_VERSION,
     Record,
@@ -79,13 +80,6 @@ _PLACEHOLDER = Result(id="", nodeid="", file="", name="", outcome="passed")
 _RESULT_KEY = b'"result":'
 
 
-def _plain(obj: object) -> Any:
-    """What orjson cannot encode by itself, as ``encode_record`` encodes it."""
-    if isinstance(obj, Mapping):
-        return dict(obj)
-    raise TypeError(f"cannot encode {type(obj).__name__}")
-
-
 def _head(tenant: str, run: RunInfo) -> bytes:
     """'{"schema":1,"tenant":..,"run":{..},"result":' of a record of ``run``: the record's
     encoding up to its result (the last '"result":': inside a JSON string the quote after
@@ -123,6 +117,6 @@ def outgoing_of(records: Sequence[Record]) -> list[Outgoing]:
             cached = (run, _head(tenant, run))
             heads[(id(run), tenant)] = cached  # holds the run, so its id is not reused
         # orjson encodes a dataclass as its fields in order: result_to_dict's keys and values
-        value = cached[1] + orjson.dumps(record.result, default=_plain) + b"}"
+        value = cached[1] + orjson.dumps(record.result, default=plain) + b"}"
         out.append(Outgoing(tenant, record.key.encode(), value))
     return out

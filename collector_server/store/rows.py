@@ -25,6 +25,7 @@ from pytest_testengine.model import (
     RESULT_FIELDS,
     SCHEMA_VERSION,
     Record,
+    Result,
     RunInfo,
     result_from_dict,
     run_from_dict,
@@ -46,7 +47,8 @@ class RunRows:
     rows: Sequence[Row]
 
 
-def _plain(obj: object) -> Any:
+def plain(obj: object) -> Any:
+    """orjson's ``default`` for results: a mapping (a result's tags) as a dict."""
     if isinstance(obj, Mapping):
         return dict(obj)
     raise TypeError(f"cannot encode {type(obj).__name__}")
@@ -76,6 +78,13 @@ def row_of(r: dict[str, Any]) -> Row:
     )
 
 
+def row_of_result(r: Result) -> Row:
+    """The row of a result object; orjson encodes a dataclass as its fields in order, the keys
+    and values of ``result_to_dict``."""
+    data = orjson.dumps(r, default=plain)
+    return (r.id, r.nodeid, r.file, r.outcome, r.duration, r.start, r.stop, data)
+
+
 def rows_of_checked(results: Iterable[dict[str, Any]]) -> list[Row]:
     """Rows of results as parsed from a checked batch body (every field present and of its
     type: see ``ingest.check_batch``); raises KeyError if one is not."""
@@ -88,25 +97,11 @@ def rows_of_records(records: Sequence[Record]) -> list[RunRows]:
     rows: list[Row] = []
     tenant: str | None = None
     run: RunInfo | None = None
-    dumps = orjson.dumps
     for record in records:
         if record.tenant != tenant or (record.run is not run and record.run != run):
             tenant, run, rows = record.tenant, record.run, []
             groups.append(RunRows(tenant, run, rows))
-        r = record.result
-        # orjson encodes a dataclass as its fields in order: result_to_dict's keys and values
-        rows.append(
-            (
-                r.id,
-                r.nodeid,
-                r.file,
-                r.outcome,
-                r.duration,
-                r.start,
-                r.stop,
-                dumps(r, default=_plain),
-            )
-        )
+        rows.append(row_of_result(record.result))
     return groups
 
 
@@ -166,7 +161,7 @@ def rows_of_values(
     runs: dict[tuple[str, str, str], RunInfo] = {}
     rows: list[Row] = []
     current: tuple[str, str, str] | None = None
-    loads, dumps = orjson.loads, orjson.dumps
+    loads = orjson.loads
     for i, value in enumerate(values):
         run_obj: dict[str, Any] | None = None
         decoded_run: RunInfo | None = None
@@ -179,24 +174,21 @@ def rows_of_values(
         if plain is not None:
             tenant, run_obj, r = plain
             key = (tenant, run_obj["suite"], run_obj["run_id"])
+            if key not in runs:
+                try:
+                    runs[key] = run_from_dict(run_obj)
+                except (TypeError, ValueError, KeyError):  # a run the shape check let by:
+                    plain = None  # the slow path accepts or refuses the value
+        if plain is not None:
             row = row_of(r)
         else:
             record, problem = slow(value)
             if record is None:
                 problems.append((i, problem or "malformed"))
                 continue
-            tenant, res, decoded_run = record.tenant, record.result, record.run
+            tenant, decoded_run = record.tenant, record.run
             key = (tenant, decoded_run.suite, decoded_run.run_id)
-            row = (
-                res.id,
-                res.nodeid,
-                res.file,
-                res.outcome,
-                res.duration,
-                res.start,
-                res.stop,
-                dumps(res, default=_plain),
-            )
+            row = row_of_result(record.result)
         if key != current:
             run = runs.get(key)
             if run is None:

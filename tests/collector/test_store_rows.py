@@ -278,3 +278,17 @@ def test_record_entry_with_an_unknown_outcome_is_skipped(tmp_path: Path, open_st
         r.id for r in good.results
     )
     log.close()
+
+
+@pytest.mark.parametrize("tags", ["ab", 5, [1]], ids=["string", "number", "list"])
+def test_a_value_whose_run_tags_are_not_an_object_is_a_problem_not_a_crash(tags: Any) -> None:
+    records = many_executions()
+    bad = orjson.loads(encode_record(records[0]))
+    bad["run"]["tags"] = tags
+    values: list[bytes | None] = [orjson.dumps(bad), *(encode_record(r) for r in records[1:4])]
+    groups, problems = rows_of_values(values, decode_message)
+    record, problem = decode_message(values[0])
+    assert record is None
+    assert problem
+    assert problems == [(0, problem)]
+    assert [row[0] for g in groups for row in g.rows] == [r.result.id for r in records[1:4]]
