@@ -211,7 +211,10 @@ def test_a_backlog_read_ahead_is_applied_once_across_failed_writes(
     sent = [records_of("t", batch(5)) for _ in range(30)]
     log.append([encode_entry(records) for records in sent])
     # rounds of 2 entries: the next round is read ahead while one is written (and failing)
-    processor = LocalProcessor(log, store, batch_records=10)
+    applied: list[tuple[int, int]] = []
+    processor = LocalProcessor(
+        log, store, batch_records=10, on_applied=lambda n, new: applied.append((n, new))
+    )
     processor.start()
     try:
         assert processor.wait_caught_up(30.0)
@@ -219,6 +222,8 @@ def test_a_backlog_read_ahead_is_applied_once_across_failed_writes(
         processor.stop()
     assert store.failures == 0
     assert store.offsets() == {"local": 30}
+    # each round written once: a round applied twice would count its records twice
+    assert (sum(n for n, _ in applied), sum(new for _, new in applied)) == (150, 150)
     stored = store.results("t", "default", limit=1000).items
     assert sorted(r["id"] for r in stored) == sorted(r.result.id for rs in sent for r in rs)
     assert [t["runs"] for t in store.tests("t", "default", limit=10).items] == [30] * 5
