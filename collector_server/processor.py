@@ -12,7 +12,7 @@ before its transaction, and while the processor is behind, the next round is rea
 and prepared in a second thread while one is written.
 
 The sink wakes the processor after each durable commit, so a result is queryable a few
-milliseconds after its 202.  :func:`apply` is the same write for records from any other source.
+milliseconds after its 202.
 """
 
 from __future__ import annotations
