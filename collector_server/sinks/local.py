@@ -121,7 +121,8 @@ def decode_entry_rows(data: bytes) -> list[RunRows]:
     obj = orjson.loads(data)
     if obj.get("v") == BODY_ENTRY_VERSION:
         rows = rows_of_checked(obj["batch"]["results"])  # checked at ingest: every field, typed
-        groups = [RunRows(str(obj["tenant"]), run_from_dict(obj["run"]), rows)]
+        # the entry itself holds the results as they arrived (see store.rows.results_in)
+        groups = [RunRows(str(obj["tenant"]), run_from_dict(obj["run"]), rows, data)]
     else:
         groups = rows_of_records(decode_entry(data))
     unknown = {row[3] for g in groups for row in g.rows} - OUTCOMES

@@ -4,12 +4,13 @@ The processor applies hundreds of thousands of results a second; building a froz
 :class:`~pytest_testengine.model.Result` and :class:`~pytest_testengine.model.Record` per
 result costs more than the store write itself.  The write path takes :class:`RunRows`
 instead: the results of one tenant and one run, each a :data:`Row` holding only what the
-store reads, plus the result's JSON (the ``data`` column, answered as it is by the read API).
+store indexes and counts, plus one JSON blob holding all of them as they arrived (what the
+read API answers), so that no result is encoded again on its way to the store.
 
 :func:`rows_of_checked` builds the rows of results that passed ``ingest.check_batch``
-(exactly the wire format's fields, checked types: a body log entry);
-:func:`rows_of_records` builds them from records (Kafka, the in-process handoff).
-Both give the same rows for the same results, up to the key order of ``data``.
+(exactly the wire format's fields, checked types: a body log entry, whose bytes are the
+blob); :func:`rows_of_records` builds them from records (Kafka, the in-process handoff).
+Both give the same rows and the same results for the same input.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ from pytest_testengine.model import (
     run_from_dict,
 )
 
-#: (id, nodeid, file, outcome, duration, start, stop, data): data is the result's JSON object.
-Row: TypeAlias = tuple[str, str, str, str, float, float, float, bytes]
+#: (id, nodeid, file, outcome, duration, start, stop) of one result.
+Row: TypeAlias = tuple[str, str, str, str, float, float, float]
 
 _RESULT_KEYS: Final = frozenset(RESULT_FIELDS)
 _TIMES: Final = ("setup", "call", "teardown", "duration", "start", "stop")
@@ -40,11 +41,28 @@ _TIMES: Final = ("setup", "call", "teardown", "duration", "start", "stop")
 
 @dataclass(frozen=True, slots=True)
 class RunRows:
-    """The results of one run of one tenant, as the store writes them."""
+    """The results of one run of one tenant, as the store writes them: ``blob`` holds the
+    result objects, in the order of ``rows`` (see :func:`results_in`)."""
 
     tenant: str
     run: RunInfo
     rows: Sequence[Row]
+    blob: bytes
+
+
+def results_in(blob: bytes) -> list[dict[str, Any]]:
+    """The result objects of a :attr:`RunRows.blob`: a JSON array of results, or a body log
+    entry (``{"v": 2, ..., "batch": {"results": [...]}}``) kept as it is."""
+    obj = orjson.loads(blob)
+    if type(obj) is list:
+        return obj
+    results: list[dict[str, Any]] = obj["batch"]["results"]
+    return results
+
+
+def blob_of(results: Sequence[Any]) -> bytes:
+    """The blob of result dicts or :class:`Result` objects (a JSON array)."""
+    return orjson.dumps(results, default=plain)
 
 
 def plain(obj: object) -> Any:
@@ -66,23 +84,13 @@ class RowWriter(Protocol):
 def row_of(r: dict[str, Any]) -> Row:
     """The row of one result dict of the wire format (fields checked); KeyError if one is
     missing."""
-    return (
-        r["id"],
-        r["nodeid"],
-        r["file"],
-        r["outcome"],
-        r["duration"],
-        r["start"],
-        r["stop"],
-        orjson.dumps(r),
-    )
+    return (r["id"], r["nodeid"], r["file"], r["outcome"], r["duration"], r["start"], r["stop"])
 
 
 def row_of_result(r: Result) -> Row:
-    """The row of a result object; orjson encodes a dataclass as its fields in order, the keys
-    and values of ``result_to_dict``."""
-    data = orjson.dumps(r, default=plain)
-    return (r.id, r.nodeid, r.file, r.outcome, r.duration, r.start, r.stop, data)
+    """The row of a result object (orjson encodes it in :func:`blob_of` as its fields in
+    order, the keys and values of ``result_to_dict``)."""
+    return (r.id, r.nodeid, r.file, r.outcome, r.duration, r.start, r.stop)
 
 
 def rows_of_checked(results: Iterable[dict[str, Any]]) -> list[Row]:
@@ -93,24 +101,25 @@ def rows_of_checked(results: Iterable[dict[str, Any]]) -> list[Row]:
 
 def rows_of_records(records: Sequence[Record]) -> list[RunRows]:
     """The records as groups of rows: consecutive records of one tenant and run share one."""
-    groups: list[RunRows] = []
-    rows: list[Row] = []
+    parts: list[tuple[str, RunInfo, list[Result]]] = []
+    results: list[Result] = []
     tenant: str | None = None
     run: RunInfo | None = None
     for record in records:
         if record.tenant != tenant or (record.run is not run and record.run != run):
-            tenant, run, rows = record.tenant, record.run, []
-            groups.append(RunRows(tenant, run, rows))
-        rows.append(row_of_result(record.result))
-    return groups
+            tenant, run, results = record.tenant, record.run, []
+            parts.append((tenant, run, results))
+        results.append(record.result)
+    return [
+        RunRows(tenant, run, [row_of_result(r) for r in results], blob_of(results))
+        for tenant, run, results in parts
+    ]
 
 
 def records_of_rows(groups: Iterable[RunRows]) -> list[Record]:
     """The records of groups of rows (for a store that takes records only)."""
     return [
-        Record(g.tenant, g.run, result_from_dict(orjson.loads(row[7])))
-        for g in groups
-        for row in g.rows
+        Record(g.tenant, g.run, result_from_dict(r)) for g in groups for r in results_in(g.blob)
     ]
 
 
@@ -156,15 +165,17 @@ def rows_of_values(
     straight from its JSON; any other goes through ``slow`` (the consumer's decode_message),
     so it is accepted or refused exactly as before.  The run of a group is the first one seen
     for its (tenant, suite, run_id) in these values."""
-    groups: list[RunRows] = []
+    parts: list[tuple[str, RunInfo, list[Row], list[Any]]] = []
     problems: list[tuple[int, str]] = []
     runs: dict[tuple[str, str, str], RunInfo] = {}
     rows: list[Row] = []
+    results: list[Any] = []  # result dicts and Result objects, encoded once per group
     current: tuple[str, str, str] | None = None
     loads = orjson.loads
     for i, value in enumerate(values):
         run_obj: dict[str, Any] | None = None
         decoded_run: RunInfo | None = None
+        result: Any
         plain = None
         if value is not None:
             try:
@@ -180,7 +191,7 @@ def rows_of_values(
                 except (TypeError, ValueError, KeyError):  # a run the shape check let by:
                     plain = None  # the slow path accepts or refuses the value
         if plain is not None:
-            row = row_of(r)
+            row, result = row_of(r), r
         else:
             record, problem = slow(value)
             if record is None:
@@ -188,12 +199,14 @@ def rows_of_values(
                 continue
             tenant, decoded_run = record.tenant, record.run
             key = (tenant, decoded_run.suite, decoded_run.run_id)
-            row = row_of_result(record.result)
+            row, result = row_of_result(record.result), record.result
         if key != current:
             run = runs.get(key)
             if run is None:
                 run = runs[key] = decoded_run or run_from_dict(run_obj or {})
-            current, rows = key, []
-            groups.append(RunRows(tenant, run, rows))
+            current, rows, results = key, [], []
+            parts.append((tenant, run, rows, results))
         rows.append(row)
+        results.append(result)
+    groups = [RunRows(t, run, rows, blob_of(results)) for t, run, rows, results in parts]
     return groups, problems

@@ -2,7 +2,11 @@
 
 Tables (every key starts with the tenant):
 
-- ``results``: raw results, unique by (tenant, id), so a redelivered result is stored once.
+- ``results``: one row per result, unique by (tenant, id), so a redelivered result is stored
+  once; ``seq`` numbers them in the order they were stored.
+- ``batches``: the results as they arrived, one row per run and write: the blob (a JSON
+  array, or the log entry they came in, see ``store.rows.results_in``) holds the results
+  ``first`` to ``last`` (their ``seq``), in order.  The read API pages through these.
 - ``tests``: per-test statistics by (tenant, suite, nodeid): executions, counts by outcome,
   the last :data:`RECENT_DURATIONS` passing durations and their median, last outcome, last seen.
 - ``runs``: one row per pytest session (tenant, suite, run_id) with counts by outcome.
@@ -38,7 +42,7 @@ from collector_server.store import (
     decode_cursor,
     encode_cursor,
 )
-from collector_server.store.rows import RunRows, rows_of_records
+from collector_server.store.rows import RunRows, results_in, rows_of_records
 from collector_server.store.sqlite_write import (
     OUTCOME_COLUMNS,
     OUTCOME_LIST,
@@ -70,17 +74,22 @@ CREATE TABLE IF NOT EXISTS results (
     seq INTEGER PRIMARY KEY,
     tenant TEXT NOT NULL,
     id TEXT NOT NULL,
-    suite TEXT NOT NULL,
-    run_id TEXT NOT NULL,
     nodeid TEXT NOT NULL,
     outcome TEXT NOT NULL,
     duration REAL NOT NULL,
-    start REAL NOT NULL,
-    data BLOB NOT NULL
+    start REAL NOT NULL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS results_id ON results (tenant, id);
-CREATE INDEX IF NOT EXISTS results_suite ON results (tenant, suite, seq);
-CREATE INDEX IF NOT EXISTS results_run ON results (tenant, suite, run_id, seq);
+CREATE TABLE IF NOT EXISTS batches (
+    last INTEGER PRIMARY KEY,
+    first INTEGER NOT NULL,
+    tenant TEXT NOT NULL,
+    suite TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    data BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS batches_suite ON batches (tenant, suite, last);
+CREATE INDEX IF NOT EXISTS batches_run ON batches (tenant, suite, run_id, last);
 CREATE TABLE IF NOT EXISTS tests (
     tenant TEXT NOT NULL,
     suite TEXT NOT NULL,
@@ -126,6 +135,25 @@ CREATE TABLE IF NOT EXISTS build_runs (
 """
 
 
+#: Stores written before ``batches`` kept each result's JSON in its ``results`` row: each
+#: becomes a batch of one, in one transaction when the store is opened.
+_MIGRATE_RESULTS: Final = f"""
+BEGIN IMMEDIATE;
+ALTER TABLE results RENAME TO results_before_batches;
+DROP INDEX IF EXISTS results_id;
+DROP INDEX IF EXISTS results_suite;
+DROP INDEX IF EXISTS results_run;
+{_SCHEMA}
+INSERT INTO results (seq, tenant, id, nodeid, outcome, duration, start)
+    SELECT seq, tenant, id, nodeid, outcome, duration, start FROM results_before_batches;
+INSERT INTO batches (last, first, tenant, suite, run_id, data)
+    SELECT seq, seq, tenant, suite, run_id, CAST('[' || data || ']' AS BLOB)
+    FROM results_before_batches;
+DROP TABLE results_before_batches;
+COMMIT;
+"""
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -148,7 +176,8 @@ class SqliteStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = _connect(self.path)
         self._conn.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
-        self._conn.executescript(_SCHEMA)
+        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(results)")}
+        self._conn.executescript(_MIGRATE_RESULTS if "data" in columns else _SCHEMA)
         self._known.forget()
         return self
 
@@ -317,19 +346,34 @@ class SqliteStore:
         after = 0 if cursor is None else _cursor_value("results", cursor, int)
         params: tuple[Any, ...]
         if run_id is None:
-            where, params = "tenant = ? AND suite = ? AND seq > ?", (tenant, suite, after)
+            where, params = "tenant = ? AND suite = ? AND last > ?", (tenant, suite, after)
         else:
-            where = "tenant = ? AND suite = ? AND run_id = ? AND seq > ?"
+            where = "tenant = ? AND suite = ? AND run_id = ? AND last > ?"
             params = (tenant, suite, run_id, after)
-        rows, nxt = self._page(
-            f"SELECT seq, run_id, data FROM results WHERE {where} ORDER BY seq LIMIT ?",
-            params,
-            limit,
-            "results",
-            "seq",
-        )
-        items = [{**orjson.loads(r["data"]), "suite": suite, "run_id": r["run_id"]} for r in rows]
-        return Page(items, nxt)
+        items: list[dict[str, Any]] = []
+        seq = after
+        more = False
+        with (
+            self._reading() as conn,
+            contextlib.closing(
+                conn.execute(
+                    f"SELECT first, last, run_id, data FROM batches WHERE {where} ORDER BY last",
+                    params,
+                )
+            ) as batches,
+        ):
+            for first, last, run, data in batches:  # read one at a time, as far as needed
+                if len(items) == limit:
+                    more = True
+                    break
+                found = results_in(data)[max(after + 1, first) - first :]
+                found = found[: limit - len(items)]
+                items.extend({**r, "suite": suite, "run_id": run} for r in found)
+                seq = max(after + 1, first) + len(found) - 1
+                if len(items) == limit and seq < last:
+                    more = True
+                    break
+        return Page(items, encode_cursor("results", seq) if more else None)
 
     def durations(self, tenant: str, suite: str) -> dict[str, float]:
         with self._reading() as conn:
@@ -354,9 +398,10 @@ class SqliteStore:
             counts: dict[str, int] = {}
             for chunk in chunks([r.run_id for r in runs]):
                 for nodeid, n in conn.execute(
-                    "SELECT nodeid, count(DISTINCT run_id) FROM results WHERE tenant = ?"
-                    f" AND suite = ? AND run_id IN ({', '.join('?' * len(chunk))})"
-                    " GROUP BY nodeid",
+                    "SELECT r.nodeid, count(DISTINCT b.run_id) FROM batches b"
+                    " JOIN results r ON r.seq BETWEEN b.first AND b.last"
+                    " WHERE b.tenant = ? AND b.suite = ?"
+                    f" AND b.run_id IN ({', '.join('?' * len(chunk))}) GROUP BY r.nodeid",
                     (tenant, suite, *chunk),
                 ):
                     counts[nodeid] = counts.get(nodeid, 0) + n

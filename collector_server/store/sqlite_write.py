@@ -8,7 +8,10 @@ another thread than the transaction); :func:`apply` runs inside the caller's tra
    statements under a savepoint.  When every row was inserted (the usual case) that is all;
    when some were not (a redelivered id, or one id twice in the rows), the savepoint is rolled
    back and only the rows whose id is neither stored nor earlier in the rows are inserted.
-   Only those count in the statistics, so a result delivered twice counts once.
+   Only those count in the statistics, so a result delivered twice counts once.  Each group
+   of rows gets consecutive ``seq`` numbers, and one ``batches`` row holds its blob (the
+   results as they arrived, rewritten without the dropped ones if some were) with the range
+   of its ``seq`` numbers, its suite and run: what the read API answers.
 2. tests: the results are aggregated per test in Python (one row per test per
    transaction), merged with the stored row (as this connection last wrote it, see
    :class:`KnownTests`, else read) and written back.
@@ -25,7 +28,7 @@ from typing import Any, Final
 
 import orjson
 
-from collector_server.store.rows import Row, RunRows
+from collector_server.store.rows import RunRows, blob_of, results_in
 from pytest_testengine.model import OUTCOMES, run_to_dict
 
 RECENT_DURATIONS: Final = 20
@@ -40,8 +43,12 @@ OUTCOME_LIST: Final = ", ".join(OUTCOME_COLUMNS)
 _OUTCOME_MARKS: Final = ", ".join("?" for _ in OUTCOME_COLUMNS)
 _OUTCOME_ADD: Final = ", ".join(f"{o} = {o} + excluded.{o}" for o in OUTCOME_COLUMNS)
 
-_RESULT_COLUMNS: Final = "tenant, id, suite, run_id, nodeid, outcome, duration, start, data"
+_RESULT_COLUMNS: Final = "tenant, id, nodeid, outcome, duration, start"
+_RESULT_WIDTH: Final = 6
 _INSERT_RESULTS: Final = f"INSERT INTO results ({_RESULT_COLUMNS}) VALUES "
+_INSERT_BATCH: Final = (
+    "INSERT INTO batches (last, first, tenant, suite, run_id, data) VALUES (?, ?, ?, ?, ?, ?)"
+)
 _INSERT_NEW_RESULTS: Final = " ON CONFLICT (tenant, id) DO NOTHING"
 _TEST_COLUMNS: Final = (
     f"tenant, suite, nodeid, file, runs, {OUTCOME_LIST}, durations, median, last_outcome, last_seen"
@@ -151,8 +158,8 @@ def prepare(groups: Sequence[RunRows], now: float) -> PreparedWrite:
                 )
         run_counts: list[int] = rd[4]
         started, finished = rd[1], rd[2]
-        for id_, nodeid, file, outcome, duration, start, stop, data in rows:
-            extend((tenant, id_, suite, run_id, nodeid, outcome, duration, start, data))
+        for id_, nodeid, file, outcome, duration, start, stop in rows:
+            extend((tenant, id_, nodeid, outcome, duration, start))
             i = index[outcome]
             run_counts[i] += 1
             if start and (started is None or start < started):
@@ -186,17 +193,35 @@ def apply(conn: sqlite3.Connection, write: PreparedWrite, known: KnownTests) -> 
     if not write.count:
         return 0
     known.check(conn)
+    (base,) = conn.execute("SELECT coalesce(max(seq), 0) FROM results").fetchone()
     conn.execute("SAVEPOINT results")
     before = conn.total_changes
-    insert_rows(conn, _INSERT_RESULTS, 9, write.results, _INSERT_NEW_RESULTS)
+    insert_rows(conn, _INSERT_RESULTS, _RESULT_WIDTH, write.results, _INSERT_NEW_RESULTS)
     if conn.total_changes - before != write.count:  # some ids were known: only the new count
         conn.execute("ROLLBACK TO results")
         write = prepare(_new_rows(conn, write.groups), write.now)
-        insert_rows(conn, _INSERT_RESULTS, 9, write.results)
+        insert_rows(conn, _INSERT_RESULTS, _RESULT_WIDTH, write.results)
     conn.execute("RELEASE results")
     if write.count:
+        _write_batches(conn, write.groups, base)
         _write_statistics(conn, write, known)
     return write.count
+
+
+def _write_batches(conn: sqlite3.Connection, groups: Sequence[RunRows], base: int) -> None:
+    """One ``batches`` row per group: the rows just inserted after ``base`` took the next
+    ``seq`` numbers, group after group (SQLite gives a row without a rowid the largest one
+    plus one, and this connection is the only writer)."""
+    params = []
+    seq = base
+    for g in groups:
+        if g.rows:
+            params.append((seq + len(g.rows), seq + 1, g.tenant, g.run.suite, g.run.run_id, g.blob))
+            seq += len(g.rows)
+    (last,) = conn.execute("SELECT max(seq) FROM results").fetchone()
+    if last != seq:  # the batches would point at other results than their own
+        raise sqlite3.IntegrityError(f"results were numbered {base + 1}..{last}, not ..{seq}")
+    conn.executemany(_INSERT_BATCH, params)
 
 
 def _new_rows(conn: sqlite3.Connection, groups: Sequence[RunRows]) -> list[RunRows]:
@@ -215,14 +240,18 @@ def _new_rows(conn: sqlite3.Connection, groups: Sequence[RunRows]) -> list[RunRo
             known.update((tenant, row[0]) for row in rows)
     fresh: list[RunRows] = []
     for g in groups:
-        keep: list[Row] = []
-        for row in g.rows:
+        keep: list[int] = []
+        for i, row in enumerate(g.rows):
             key = (g.tenant, row[0])
             if key not in known:
                 known.add(key)
-                keep.append(row)
-        if keep:
-            fresh.append(RunRows(g.tenant, g.run, keep))
+                keep.append(i)
+        if len(keep) == len(g.rows):
+            fresh.append(g)
+        elif keep:
+            results = results_in(g.blob)
+            blob = blob_of([results[i] for i in keep])
+            fresh.append(RunRows(g.tenant, g.run, [g.rows[i] for i in keep], blob))
     return fresh
 
 

@@ -22,9 +22,16 @@ from collector_server.sinks.local import (
     encode_body_entry,
     encode_entry,
 )
-from collector_server.store.rows import rows_of_records, rows_of_values
+from collector_server.store.rows import results_in, rows_of_records, rows_of_values
 from collector_server.store.sqlite import SqliteStore
-from pytest_testengine.model import Batch, Record, batch_to_dict, encode_record, records_of
+from pytest_testengine.model import (
+    Batch,
+    Record,
+    batch_to_dict,
+    encode_record,
+    records_of,
+    result_to_dict,
+)
 from tests.collector.batches import batch, result
 
 LIMITS = ingest.Limits.from_settings(CollectorSettings())
@@ -66,16 +73,18 @@ def open_store(tmp_path: Path) -> Iterator[Any]:
         store.close()
 
 
-def test_body_entry_rows_equal_the_rows_of_its_records() -> None:
+def test_body_entry_rows_are_its_results_and_its_bytes_their_blob() -> None:
     b = batch(4, message="boom", tags={"a": "1"})
     entry = body_entry(b)
     (group,) = decode_entry_rows(entry)
-    (expected,) = rows_of_records(decode_entry(entry))
-    assert (group.tenant, group.run) == (expected.tenant, expected.run)
-    assert [row[:7] for row in group.rows] == [row[:7] for row in expected.rows]
-    assert [orjson.loads(row[7]) for row in group.rows] == [
-        orjson.loads(row[7]) for row in expected.rows
+    assert (group.tenant, group.run) == ("t", b.run)
+    assert group.rows == [
+        (r.id, r.nodeid, r.file, r.outcome, r.duration, r.start, r.stop) for r in b.results
     ]
+    assert group.blob is entry  # the results as they arrived, not encoded again
+    assert results_in(group.blob) == [result_to_dict(r) for r in b.results]
+    (expected,) = rows_of_records(decode_entry(entry))
+    assert (expected.rows, results_in(expected.blob)) == (group.rows, results_in(group.blob))
 
 
 def test_record_entries_decode_into_the_same_rows() -> None:
