@@ -42,18 +42,21 @@ from collector_server.store import (
     decode_cursor,
     encode_cursor,
 )
-from collector_server.store.rows import RunRows, results_in, rows_of_records
+from collector_server.store.rows import RunRows, results_in, row_of, rows_of_records
 from collector_server.store.sqlite_write import (
     OUTCOME_COLUMNS,
     OUTCOME_LIST,
     RECENT_DURATIONS,
+    STATISTICS,
     KnownTests,
+    PendingTests,
     PreparedWrite,
     apply,
     chunks,
+    merge_tests,
     prepare,
 )
-from pytest_testengine.model import Record
+from pytest_testengine.model import Record, run_from_dict
 
 T = TypeVar("T")
 
@@ -171,6 +174,7 @@ class SqliteStore:
         self._write_lock = threading.Lock()
         self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
         self._known = KnownTests()
+        self._pending = PendingTests()
 
     def open(self) -> SqliteStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -179,10 +183,58 @@ class SqliteStore:
         columns = {row[1] for row in self._conn.execute("PRAGMA table_info(results)")}
         self._conn.executescript(_MIGRATE_RESULTS if "data" in columns else _SCHEMA)
         self._known.forget()
+        self._merge_unmerged()
         return self
 
+    def _merge_unmerged(self) -> None:
+        """Merge the test statistics of results stored after the ``statistics`` offset (a
+        writer that stopped with statistics pending, see ``PendingTests``)."""
+        conn = self._conn
+        assert conn is not None
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            (last,) = conn.execute("SELECT coalesce(max(seq), 0) FROM results").fetchone()
+            row = conn.execute(
+                "SELECT position FROM offsets WHERE source = ?", (STATISTICS,)
+            ).fetchone()
+            if row is None:  # a new store, or one written before the offset was kept
+                conn.execute(
+                    "INSERT INTO offsets (source, position) VALUES (?, ?)", (STATISTICS, last)
+                )
+            elif row[0] < last:
+                groups = [
+                    RunRows(
+                        tenant,
+                        run_from_dict({"suite": suite, "run_id": run_id}),
+                        [row_of(r) for r in results_in(data)[max(first, row[0] + 1) - first :]],
+                        b"",
+                    )
+                    for first, tenant, suite, run_id, data in conn.execute(
+                        "SELECT first, tenant, suite, run_id, data FROM batches WHERE last > ?"
+                        " ORDER BY last",
+                        (row[0],),
+                    )
+                ]
+                merge_tests(conn, prepare(groups, self.clock()).tests, self._known, last)
+            conn.execute("COMMIT")
+        except BaseException:
+            self._known.rolled_back()
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+        self._known.committed()
+
+    def flush_statistics(self) -> None:
+        """Merge the test statistics that wait (see ``PendingTests``) now."""
+        if self._pending.tests:
+            self.write_prepared(prepare([], self.clock()))
+
     def close(self) -> None:
-        """Close the writer and idle readers; a reader in use is closed when it is returned."""
+        """Merge what waits, close the writer and idle readers; a reader in use is closed
+        when it is returned."""
+        with contextlib.suppress(sqlite3.Error):
+            if self._conn is not None:
+                self.flush_statistics()
         with self._write_lock:
             if self._conn is not None:
                 self._conn.close()
@@ -213,17 +265,25 @@ class SqliteStore:
         return prepare(groups, self.clock())
 
     def write_prepared(
-        self, write: PreparedWrite, *, offsets: Mapping[str, int] | None = None
+        self,
+        write: PreparedWrite,
+        *,
+        offsets: Mapping[str, int] | None = None,
+        defer_statistics: bool = False,
     ) -> int:
         """Apply a :meth:`prepare`-d write and the offsets in one transaction; return how many
-        results were new.  The write can be applied again after a failure."""
+        results were new.  The write can be applied again after a failure.
+
+        ``defer_statistics`` (a writer with more to write right after) lets the test
+        statistics of these results wait for a later write, a second at most (see
+        ``PendingTests``); every other write merges them, its own and those waiting."""
         with self._write_lock:
             conn = self._conn
             if conn is None:
                 raise sqlite3.ProgrammingError("store is closed")
             conn.execute("BEGIN IMMEDIATE")
             try:
-                new = apply(conn, write, self._known)
+                new = apply(conn, write, self._known, self._pending, defer=defer_statistics)
                 if offsets:
                     conn.executemany(
                         "INSERT OR REPLACE INTO offsets (source, position) VALUES (?, ?)",
@@ -232,15 +292,23 @@ class SqliteStore:
                 conn.execute("COMMIT")
             except BaseException:
                 self._known.rolled_back()
+                self._pending.rolled_back()
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
                 raise
             self._known.committed()
+            self._pending.committed()
             return new
 
     def offsets(self) -> dict[str, int]:
+        """The positions of the sources written (the store's own ``statistics`` aside)."""
         with self._reading() as conn:
-            return {s: int(p) for s, p in conn.execute("SELECT source, position FROM offsets")}
+            return {
+                s: int(p)
+                for s, p in conn.execute(
+                    "SELECT source, position FROM offsets WHERE source != ?", (STATISTICS,)
+                )
+            }
 
     # -- reads -----------------------------------------------------------------------------
 

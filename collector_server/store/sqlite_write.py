@@ -12,10 +12,12 @@ another thread than the transaction); :func:`apply` runs inside the caller's tra
    of rows gets consecutive ``seq`` numbers, and one ``batches`` row holds its blob (the
    results as they arrived, rewritten without the dropped ones if some were) with the range
    of its ``seq`` numbers, its suite and run: what the read API answers.
-2. tests: the results are aggregated per test in Python (one row per test per
+2. runs, build_runs, suites: one upsert per run, build run and suite.
+3. tests: the results are aggregated per test in Python (one row per test per
    transaction), merged with the stored row (as this connection last wrote it, see
-   :class:`KnownTests`, else read) and written back.
-3. runs, build_runs, suites: one upsert per run, build run and suite.
+   :class:`KnownTests`, else read) and written back; while the writer is behind, this may
+   wait for a later transaction (see :class:`PendingTests`).  The ``statistics`` offset is
+   the last result ``seq`` the ``tests`` rows count.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ RECENT_DURATIONS: Final = 20
 CHUNK: Final = 500  # parameters per IN (...) query
 ROWS_PER_INSERT: Final = 400  # rows per multi-row INSERT (at most 32766 parameters)
 KNOWN_TESTS: Final = 50_000  # tests statistics kept in memory by the writer (about 30 MB)
+STATISTICS_DELAY: Final = 1.0  # seconds test statistics may wait while the writer is behind
+PENDING_TESTS: Final = 50_000  # tests whose statistics may wait (about 20 MB)
+STATISTICS: Final = "statistics"  # the offset of the last result counted in ``tests``
 OUTCOME_COLUMNS: Final = tuple(sorted(OUTCOMES))
 _OUTCOME_INDEX: Final = {o: i for i, o in enumerate(OUTCOME_COLUMNS)}
 _PASSED: Final = _OUTCOME_INDEX["passed"]
@@ -185,33 +190,45 @@ def prepare(groups: Sequence[RunRows], now: float) -> PreparedWrite:
     return PreparedWrite(groups, count, now, params, tests, runs, builds, suites)
 
 
-def apply(conn: sqlite3.Connection, write: PreparedWrite, known: KnownTests) -> int:
+def apply(
+    conn: sqlite3.Connection,
+    write: PreparedWrite,
+    known: KnownTests,
+    pending: PendingTests,
+    *,
+    defer: bool = False,
+) -> int:
     """Apply a prepared write in the caller's transaction; return how many results were new.
+    With ``defer``, the test statistics of these results may wait in ``pending``.
 
     A failure anywhere leaves the caller to roll back the whole transaction (the savepoint
-    with it) and to tell ``known`` whether it committed."""
-    if not write.count:
+    with it) and to tell ``known`` and ``pending`` whether it committed."""
+    if not write.count and not pending.tests:
         return 0
     known.check(conn)
-    (base,) = conn.execute("SELECT coalesce(max(seq), 0) FROM results").fetchone()
-    conn.execute("SAVEPOINT results")
-    before = conn.total_changes
-    insert_rows(conn, _INSERT_RESULTS, _RESULT_WIDTH, write.results, _INSERT_NEW_RESULTS)
-    if conn.total_changes - before != write.count:  # some ids were known: only the new count
-        conn.execute("ROLLBACK TO results")
-        write = prepare(_new_rows(conn, write.groups), write.now)
-        insert_rows(conn, _INSERT_RESULTS, _RESULT_WIDTH, write.results)
-    conn.execute("RELEASE results")
+    (last,) = conn.execute("SELECT coalesce(max(seq), 0) FROM results").fetchone()
     if write.count:
-        _write_batches(conn, write.groups, base)
-        _write_statistics(conn, write, known)
+        conn.execute("SAVEPOINT results")
+        before = conn.total_changes
+        insert_rows(conn, _INSERT_RESULTS, _RESULT_WIDTH, write.results, _INSERT_NEW_RESULTS)
+        if conn.total_changes - before != write.count:  # some ids were known: only the new
+            conn.execute("ROLLBACK TO results")
+            write = prepare(_new_rows(conn, write.groups), write.now)
+            insert_rows(conn, _INSERT_RESULTS, _RESULT_WIDTH, write.results)
+        conn.execute("RELEASE results")
+    if write.count:
+        last = _write_batches(conn, write.groups, last)
+        _write_statistics(conn, write)
+    tests = pending.take(write.tests, write.now, defer=defer)
+    if tests:
+        merge_tests(conn, tests, known, last)
     return write.count
 
 
-def _write_batches(conn: sqlite3.Connection, groups: Sequence[RunRows], base: int) -> None:
+def _write_batches(conn: sqlite3.Connection, groups: Sequence[RunRows], base: int) -> int:
     """One ``batches`` row per group: the rows just inserted after ``base`` took the next
     ``seq`` numbers, group after group (SQLite gives a row without a rowid the largest one
-    plus one, and this connection is the only writer)."""
+    plus one, and this connection is the only writer).  Returns the last ``seq``."""
     params = []
     seq = base
     for g in groups:
@@ -222,6 +239,7 @@ def _write_batches(conn: sqlite3.Connection, groups: Sequence[RunRows], base: in
     if last != seq:  # the batches would point at other results than their own
         raise sqlite3.IntegrityError(f"results were numbered {base + 1}..{last}, not ..{seq}")
     conn.executemany(_INSERT_BATCH, params)
+    return seq
 
 
 def _new_rows(conn: sqlite3.Connection, groups: Sequence[RunRows]) -> list[RunRows]:
@@ -255,8 +273,7 @@ def _new_rows(conn: sqlite3.Connection, groups: Sequence[RunRows]) -> list[RunRo
     return fresh
 
 
-def _write_statistics(conn: sqlite3.Connection, write: PreparedWrite, known: KnownTests) -> None:
-    _merge_tests(conn, write.tests, known)
+def _write_statistics(conn: sqlite3.Connection, write: PreparedWrite) -> None:
     now = write.now
     conn.executemany(
         _UPSERT_RUN,
@@ -331,11 +348,97 @@ def _median(values: list[float]) -> float | None:
     return ordered[half] if n % 2 else (ordered[half - 1] + ordered[half]) / 2
 
 
-def _merge_tests(
-    conn: sqlite3.Connection, tests: dict[tuple[str, str], dict[str, _Delta]], known: KnownTests
-) -> None:
+Tests = dict[tuple[str, str], dict[str, _Delta]]
+
+
+class PendingTests:
+    """Test statistics of committed results that are not in the ``tests`` table yet.
+
+    Merging a test's statistics (its row read or remembered, merged, written back) is about
+    half the work of a write.  A writer that is behind (more is waiting to be written) may
+    let them wait, up to ``delay`` seconds and ``limit`` tests: a test seen in several writes
+    meanwhile is then merged once.  The first write that does not defer, or that finds them
+    due, merges them with its own (the processor's, once it has caught up; a test's
+    statistics are then as fresh as before).  What a crash loses here is merged again from
+    the stored results when the store opens (see ``SqliteStore.open``).
+    """
+
+    def __init__(self, delay: float = STATISTICS_DELAY, limit: int = PENDING_TESTS) -> None:
+        self.delay = delay
+        self.limit = limit
+        self.tests: Tests = {}
+        self.size = 0  # tests in self.tests
+        self.since: float | None = None  # when the oldest of them was written
+        #: what the transaction in progress does: (merged now?, its tests, when)
+        self._after: tuple[bool, Tests, float] | None = None
+
+    def take(self, tests: Tests, now: float, *, defer: bool) -> Tests | None:
+        """The statistics to merge in the transaction in progress (those waiting and
+        ``tests``), or None if ``tests`` can wait too.  Changes nothing until
+        :meth:`committed`."""
+        due = self.since is not None and (now - self.since >= self.delay or self.size >= self.limit)
+        if defer and not due:
+            self._after = (False, tests, now)
+            return None
+        self._after = (True, tests, now)
+        if not self.tests:
+            return tests
+        return fold({key: dict(stats) for key, stats in self.tests.items()}, tests)
+
+    def committed(self) -> None:
+        after, self._after = self._after, None
+        if after is None:
+            return
+        merged, tests, now = after
+        if merged:
+            self.tests, self.size, self.since = {}, 0, None
+            return
+        before = sum(len(stats) for stats in tests.values())
+        self.size += before - _overlap(self.tests, tests)
+        fold(self.tests, tests)
+        if self.since is None:
+            self.since = now
+
+    def rolled_back(self) -> None:
+        self._after = None
+
+
+def _overlap(into: Tests, tests: Tests) -> int:
+    """How many tests of ``tests`` are in ``into`` already."""
+    return sum(
+        sum(1 for nodeid in stats if nodeid in into.get(key, ())) for key, stats in tests.items()
+    )
+
+
+def fold(into: Tests, tests: Tests) -> Tests:
+    """Add the statistics ``tests`` (later results) to ``into`` and return it; the deltas
+    themselves are never changed (a folded test gets a new one)."""
+    recent_n = RECENT_DURATIONS
+    for key, stats in tests.items():
+        known = into.get(key)
+        if known is None:
+            into[key] = dict(stats)
+            continue
+        for nodeid, d in stats.items():
+            old = known.get(nodeid)
+            if old is None:
+                known[nodeid] = d
+                continue
+            last = (d[4], d[5]) if d[5] >= old[5] else (old[4], old[5])
+            known[nodeid] = [
+                d[0],
+                old[1] + d[1],
+                list(map(add, old[2], d[2])),
+                (old[3] + d[3])[-recent_n:],
+                *last,
+            ]
+    return into
+
+
+def merge_tests(conn: sqlite3.Connection, tests: Tests, known: KnownTests, last: int) -> None:
     """Write the statistics of these tests: their stored rows plus the deltas (which are left
-    as they are)."""
+    as they are); ``last`` is the last result ``seq`` they count (the ``statistics``
+    offset)."""
     width = len(OUTCOME_COLUMNS)
     params: list[Any] = []
     extend = params.extend
@@ -386,4 +489,7 @@ def _merge_tests(
         known.wrote(key, written)
     insert_rows(
         conn, f"INSERT OR REPLACE INTO tests ({_TEST_COLUMNS}) VALUES ", _TEST_WIDTH, params
+    )
+    conn.execute(
+        "INSERT OR REPLACE INTO offsets (source, position) VALUES (?, ?)", (STATISTICS, last)
     )

@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio.to_thread
 import httpx
@@ -81,4 +82,19 @@ def open_planner(settings: CollectorSettings, clock: Clock) -> Iterator[Planner]
         yield planner
     finally:
         planner.close()
+        store.close()
+
+
+@pytest.fixture
+def open_store(tmp_path: Path) -> Iterator[Any]:
+    """Open SQLite stores in ``tmp_path`` (by file name, clock at 1234.0), closed after."""
+    opened: list[SqliteStore] = []
+
+    def make(name: str = "store.db") -> SqliteStore:
+        store = SqliteStore(tmp_path / name, clock=lambda: 1234.0).open()
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
         store.close()

@@ -173,11 +173,11 @@ class FlakyStore(SqliteStore):
 
     failures = 2
 
-    def write_prepared(self, write, *, offsets=None):  # type: ignore[no-untyped-def]
+    def write_prepared(self, write, **options):  # type: ignore[no-untyped-def]
         if self.failures:
             self.failures -= 1
             raise sqlite3.OperationalError("database or disk is full")
-        return super().write_prepared(write, offsets=offsets)
+        return super().write_prepared(write, **options)
 
 
 def test_processor_retries_a_failing_store(

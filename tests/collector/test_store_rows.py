@@ -4,7 +4,6 @@ statistics kept by the writer (real SQLite files, real log entries)."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,20 +56,6 @@ def answers(store: SqliteStore, tenant: str = "t", suite: str = "default") -> di
         "results": store.results(tenant, suite, limit=10_000).items,
         "durations": store.durations(tenant, suite),
     }
-
-
-@pytest.fixture
-def open_store(tmp_path: Path) -> Iterator[Any]:
-    opened: list[SqliteStore] = []
-
-    def make(name: str = "store.db") -> SqliteStore:
-        store = SqliteStore(tmp_path / name, clock=lambda: 1234.0).open()
-        opened.append(store)
-        return store
-
-    yield make
-    for store in opened:
-        store.close()
 
 
 def test_body_entry_rows_are_its_results_and_its_bytes_their_blob() -> None:

@@ -1,0 +1,113 @@
+"""Test statistics that wait while the writer is behind: merged later, as if merged at once,
+and merged again from the stored results after a crash."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from collector_server.processor import LocalProcessor
+from collector_server.sinks.local import LocalLog, encode_entry
+from collector_server.store.rows import rows_of_records
+from collector_server.store.sqlite import SqliteStore
+from pytest_testengine.model import Record
+from tests.collector.test_store_rows import answers, many_executions
+
+ROUND = 40  # results per write
+
+
+def rounds(records: list[Record]) -> list[list[Record]]:
+    return [records[start : start + ROUND] for start in range(0, len(records), ROUND)]
+
+
+def test_deferred_statistics_wait_then_equal_those_merged_at_once(open_store: Any) -> None:
+    now = [1000.0]
+    store = SqliteStore(open_store().path, clock=lambda: now[0]).open()
+    reference = SqliteStore(open_store("reference.db").path, clock=lambda: now[0]).open()
+    try:
+        parts = rounds(many_executions())
+        for part in parts[:-1]:
+            store.write_prepared(store.prepare(rows_of_records(part)), defer_statistics=True)
+            reference.write(part)
+            now[0] += 0.1
+        assert store.tests("t", "default", limit=10).items == []  # waiting for 0.5 s
+        assert store.results("t", "default", limit=1000).items == answers(reference)["results"]
+        store.write_prepared(store.prepare(rows_of_records(parts[-1])))  # not deferred
+        reference.write(parts[-1])
+        assert answers(store) == answers(reference)
+
+        before = answers(reference)["tests"]
+        later = many_executions()[:ROUND]
+        store.write_prepared(store.prepare(rows_of_records(later)), defer_statistics=True)
+        reference.write(later)
+        assert store.tests("t", "default", limit=10).items == before
+        now[0] += 1.0  # past the delay: the next write merges what waits, deferred or not
+        store.write_prepared(store.prepare(rows_of_records([])), defer_statistics=True)
+        assert answers(store) == answers(reference)
+        assert answers(store)["tests"] != before
+    finally:
+        store.close()
+        reference.close()
+
+
+def test_statistics_left_waiting_by_a_crash_are_merged_when_the_store_opens(
+    tmp_path: Path, open_store: Any
+) -> None:
+    parts = rounds(many_executions())
+    path, entries = tmp_path / "crashed.db", tmp_path / "entries.json"
+    entries.write_bytes(orjson.dumps([encode_entry(part).decode() for part in parts]))
+    script = f"""
+import os, sys
+from pathlib import Path
+import orjson
+from collector_server.sinks.local import decode_entry
+from collector_server.store.rows import rows_of_records
+from collector_server.store.sqlite import SqliteStore
+store = SqliteStore(Path({str(path)!r}), clock=lambda: 1234.0).open()
+for entry in orjson.loads(Path({str(entries)!r}).read_bytes()):
+    work = store.prepare(rows_of_records(decode_entry(entry.encode())))
+    store.write_prepared(work, defer_statistics=True)
+assert store.tests("t", "default", limit=10).items == []
+os._exit(9)  # no close: the statistics waiting in memory are lost with the process
+"""
+    done = subprocess.run([sys.executable, "-c", script], timeout=60, check=False)
+    assert done.returncode == 9
+    reopened = SqliteStore(path, clock=lambda: 1234.0).open()
+    reference = open_store("reference.db")
+    try:
+        for part in parts:
+            reference.write(part)
+        assert answers(reopened) == answers(reference)
+        assert answers(reopened)["tests"][0]["runs"] == 48
+    finally:
+        reopened.close()
+    reopened = SqliteStore(path, clock=lambda: 1234.0).open()  # and only once
+    try:
+        assert answers(reopened) == answers(reference)
+    finally:
+        reopened.close()
+
+
+def test_processor_defers_statistics_while_behind_and_merges_once_caught_up(
+    tmp_path: Path, open_store: Any
+) -> None:
+    log = LocalLog(tmp_path / "log.db")
+    log.open()
+    store, reference = open_store(), open_store("reference.db")
+    parts = rounds(many_executions())
+    log.append([encode_entry(part) for part in parts])
+    processor = LocalProcessor(log, store, batch_records=ROUND)
+    try:
+        assert processor.step() == 1
+        assert store.tests("t", "default", limit=10).items == []  # more waits in the log
+        while processor.step():
+            pass
+        for part in parts:
+            reference.write(part)
+        assert answers(store) == answers(reference)
+    finally:
+        log.close()
