@@ -19,7 +19,7 @@ Outcome rules, matching pytest's own counting:
 from __future__ import annotations
 
 import itertools
-import secrets
+import os
 from typing import Any, Final
 
 from pytest_testengine.tags import REPORT_ATTR, Limits, limit_tags
@@ -41,7 +41,7 @@ class IdSequence:
     bits per session followed by a counter, so ids never repeat across runs or within one."""
 
     def __init__(self) -> None:
-        self._prefix = secrets.token_hex(10)
+        self._prefix = os.urandom(10).hex()  # what secrets.token_hex(10) returns
         self._next = itertools.count().__next__
 
     def __call__(self) -> str:

@@ -24,7 +24,7 @@ from typing import Any, Final, Literal, get_args
 
 import orjson
 
-SCHEMA_VERSION: Final = 1
+from pytest_testengine import SCHEMA_VERSION as SCHEMA_VERSION
 
 Outcome = Literal["passed", "failed", "skipped", "xfailed", "xpassed", "error"]
 OUTCOMES: Final[frozenset[str]] = frozenset(get_args(Outcome))

@@ -15,7 +15,7 @@ from typing import IO, Any
 
 import orjson
 
-from pytest_testengine.model import SCHEMA_VERSION
+from pytest_testengine import SCHEMA_VERSION
 
 
 class OutputFile:

@@ -15,6 +15,7 @@ import platform
 import shlex
 import sys
 import threading
+import uuid
 from pathlib import Path
 from typing import Any, Final
 
@@ -23,13 +24,11 @@ import pytest
 from pytest_testengine import __version__
 from pytest_testengine.capture import Assembler, note_error
 from pytest_testengine.config import Settings
-from pytest_testengine.model import new_id
 from pytest_testengine.output import OutputFile
 from pytest_testengine.sender import Policy, Sender, Summary
 from pytest_testengine.spool import Spool
 from pytest_testengine.tagging import Tagger
 from pytest_testengine.tags import Limits, default_tags, limit_tags
-from pytest_testengine.transport import Transport
 
 PREFIX: Final = "[testengine]"
 DROPPED_HELP: Final = "docs/troubleshooting.md#results-were-dropped"
@@ -46,7 +45,7 @@ def run_info(settings: Settings, *, pytest_version: str) -> dict[str, Any]:
     shard_index = ci.shard_index if settings.split_index is None else settings.split_index
     shard_total = ci.shard_total if settings.split_total is None else settings.split_total
     return {
-        "run_id": new_id(),
+        "run_id": uuid.uuid4().hex,  # the shape of model.new_id(), without loading the model
         "suite": settings.suite,
         "build_id": settings.build_id,
         "job_id": settings.job_id,
@@ -152,7 +151,9 @@ class Recorder:
             else self.config.rootpath / ".testengine" / "spool"
         )
         poster = None
-        if settings.enabled:
+        if settings.enabled:  # the HTTP client is loaded only to send: not for an output file
+            from pytest_testengine.transport import Transport
+
             poster = Transport(
                 settings.url,
                 token=settings.token,

@@ -3,7 +3,8 @@
 The pytest hooks call :meth:`Sender.submit` with a result dict, or with a pytest report that a
 :class:`Converter` turns into results: an append to a deque, most of the time.  Every
 ``batch_size`` items, submit() converts them and encodes each full batch (orjson; the output
-file's lines too).  One daemon thread writes and posts those batches through the transport,
+file's lines too).  One daemon thread writes and posts those batches through the transport (whose
+module is loaded only with a collector to send to: an output file alone needs no HTTP client),
 retrying transient failures with jittered exponential backoff (tenacity, imported only then),
 honouring ``Retry-After``, never past the deadline; it also sends a partial batch once its
 oldest result has waited ``batch_age`` (on an injected :class:`Clock`).
@@ -22,17 +23,18 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol
 
 import orjson
 
-from pytest_testengine.model import SCHEMA_VERSION
+from pytest_testengine import SCHEMA_VERSION
 from pytest_testengine.output import OutputFile
 from pytest_testengine.spool import Spool
-from pytest_testengine.transport import Answer, Delivered, Retry
 
 if TYPE_CHECKING:
     from tenacity import RetryCallState
+
+    from pytest_testengine.transport import Answer
 
 #: Extra time close() gives the thread to write the spool after the deadline.
 CLOSE_GRACE: Final = 2.0
@@ -68,8 +70,7 @@ class Poster(Protocol):
     def close(self) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Policy:
+class Policy(NamedTuple):  # not a frozen dataclass: cheaper to define, at the start of a run
     batch_size: int = 500
     batch_age: float = 1.0  # seconds a partial batch may wait
     queue_size: int = 20000  # results waiting in memory before spilling to the spool
@@ -99,6 +100,8 @@ class _Schedule:
         self.last: Answer | None = None
 
     def wait(self, state: RetryCallState) -> float:
+        from pytest_testengine.transport import Retry
+
         answer = state.outcome.result() if state.outcome else None
         self.last = answer
         if isinstance(answer, Retry) and answer.retry_after is not None:
@@ -125,6 +128,7 @@ def deliver(
     (a time on ``clock``); ``single`` makes one attempt only.  Returns the last answer.
 
     ``sleep`` may raise :class:`OutOfTime` to stop waiting (the deadline moved closer)."""
+    from pytest_testengine.transport import Retry  # loaded with the poster
 
     def attempt() -> Answer:
         return poster.post(body, timeout=max(0.05, deadline() - clock.now()))
@@ -155,8 +159,7 @@ def deliver(
     return answer
 
 
-@dataclass(frozen=True, slots=True)
-class Prepared:
+class Prepared(NamedTuple):
     """A batch encoded for delivery: its request body (None without a collector) and its
     output file lines (None without an output file)."""
 
@@ -387,6 +390,8 @@ class Sender:
             if self._closing:
                 return min(self._deadline, started + self.policy.retry_budget)
             return started + self.policy.retry_budget
+
+        from pytest_testengine.transport import Delivered, Retry  # loaded with the poster
 
         answer = deliver(
             self._poster,

@@ -15,11 +15,12 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import orjson
 
-from pytest_testengine.transport import Answer, Delivered, Rejected
+if TYPE_CHECKING:
+    from pytest_testengine.transport import Answer
 
 SUFFIX: Final = ".json"
 
@@ -82,6 +83,8 @@ def replay(spool: Spool, deliver: Callable[[bytes], Answer]) -> ReplayReport:
     too (collector unreachable, bad token or URL); a batch the collector refuses as invalid is
     left in place and reported, and the others are still tried.
     """
+    from pytest_testengine.transport import Delivered, Rejected  # the plugin only writes
+
     report = ReplayReport()
     files = spool.files()
     for index, path in enumerate(files):

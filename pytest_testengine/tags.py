@@ -15,8 +15,7 @@ from __future__ import annotations
 import platform
 import sys
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 #: Attribute of the teardown report that carries the test's tags (a plain dict).
 REPORT_ATTR: Final = "testengine_tags"
@@ -41,8 +40,7 @@ def marker_tags(markers: Iterable[Any]) -> dict[str, str]:
     return tags
 
 
-@dataclass(frozen=True, slots=True)
-class Limits:
+class Limits(NamedTuple):  # not a dataclass: cheaper to define, in every pytest start
     max_tags: int = 50
     max_length: int = 128
 
