@@ -383,7 +383,9 @@ class PendingTests:
         self._after = (True, tests, now)
         if not self.tests:
             return tests
-        return fold({key: dict(stats) for key, stats in self.tests.items()}, tests)
+        merged = {key: dict(stats) for key, stats in self.tests.items()}
+        fold(merged, tests, in_place=False)
+        return merged
 
     def committed(self) -> None:
         after, self._after = self._after, None
@@ -393,9 +395,7 @@ class PendingTests:
         if merged:
             self.tests, self.size, self.since = {}, 0, None
             return
-        before = sum(len(stats) for stats in tests.values())
-        self.size += before - _overlap(self.tests, tests)
-        fold(self.tests, tests)
+        self.size += fold(self.tests, tests, in_place=True)
         if self.since is None:
             self.since = now
 
@@ -403,36 +403,37 @@ class PendingTests:
         self._after = None
 
 
-def _overlap(into: Tests, tests: Tests) -> int:
-    """How many tests of ``tests`` are in ``into`` already."""
-    return sum(
-        sum(1 for nodeid in stats if nodeid in into.get(key, ())) for key, stats in tests.items()
-    )
-
-
-def fold(into: Tests, tests: Tests) -> Tests:
-    """Add the statistics ``tests`` (later results) to ``into`` and return it; the deltas
-    themselves are never changed (a folded test gets a new one)."""
+def fold(into: Tests, tests: Tests, *, in_place: bool) -> int:
+    """Add the statistics ``tests`` (of later results) to ``into``; return how many tests
+    were not in it.  The deltas of ``tests`` are never changed; those of ``into`` are, if
+    ``in_place`` (it owns them), else a folded test gets a new one."""
     recent_n = RECENT_DURATIONS
+    added = 0
     for key, stats in tests.items():
         known = into.get(key)
         if known is None:
             into[key] = dict(stats)
+            added += len(stats)
             continue
+        get = known.get
         for nodeid, d in stats.items():
-            old = known.get(nodeid)
+            old = get(nodeid)
             if old is None:
                 known[nodeid] = d
+                added += 1
                 continue
-            last = (d[4], d[5]) if d[5] >= old[5] else (old[4], old[5])
-            known[nodeid] = [
-                d[0],
-                old[1] + d[1],
-                list(map(add, old[2], d[2])),
-                (old[3] + d[3])[-recent_n:],
-                *last,
-            ]
-    return into
+            if not in_place:
+                old = known[nodeid] = [*old]
+            old[0] = d[0]
+            old[1] += d[1]
+            old[2] = list(map(add, old[2], d[2]))
+            if d[3]:
+                durations = old[3] + d[3]
+                old[3] = durations[-recent_n:] if len(durations) > recent_n else durations
+            if d[5] >= old[5]:
+                old[4] = d[4]
+                old[5] = d[5]
+    return added
 
 
 def merge_tests(conn: sqlite3.Connection, tests: Tests, known: KnownTests, last: int) -> None:
