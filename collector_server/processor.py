@@ -12,13 +12,19 @@ before its transaction, and while the processor is behind, the next round is rea
 and prepared in a second thread while one is written.
 
 The sink wakes the processor after each durable commit, so a result is queryable a few
-milliseconds after its 202.
+milliseconds after its 202.  Per-test statistics (the ``tests`` table: runs, outcomes,
+recent durations) are merged by the round's own transaction when the processor was idle;
+while it is busy (more waits in the log, or it merged less than ``STATISTICS_EVERY`` ago)
+they wait in the store, a second at most, and are merged once per test: by a later round, or
+``STATISTICS_IDLE`` after the last one.  :attr:`LocalProcessor.applied` (``status``,
+``lag``, ``wait_caught_up``) counts an entry once its statistics are merged too.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -41,6 +47,8 @@ IDLE_WAIT: Final = 1.0  # seconds between checks when nobody wakes us
 RETRY_WAIT: Final = 1.0  # seconds before retrying a failed store write
 DRAIN_TIME: Final = 10.0  # seconds a stopping processor keeps applying what is left
 HANDOFF_RECORDS: Final = 200_000  # records held in memory from the sink; beyond, read the log
+STATISTICS_EVERY: Final = 0.25  # seconds: a round merges test statistics at most this often
+STATISTICS_IDLE: Final = 0.05  # seconds without a new entry before waiting ones are merged
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +79,9 @@ class LocalProcessor:
         self.linger = linger
         self.source = source
         self.on_applied = on_applied
-        self.offset = 0
+        self.offset = 0  # the last entry whose results are stored
+        self.applied = 0  # ... and whose test statistics are merged too
+        self._merged_at = -math.inf  # when test statistics were last merged (monotonic)
         self.error: str | None = None
         self._handoff: collections.deque[tuple[int, Sequence[Record]]] = collections.deque()
         self._handoff_records = 0
@@ -97,6 +107,7 @@ class LocalProcessor:
                 self.log.last_offset,
             )
             self.offset = 0
+        self.applied = self.offset  # the store merges what a crash left waiting when opened
         self.log.mark_consumed(self.offset)
         self._stopping.clear()
         self._drain = True
@@ -144,26 +155,27 @@ class LocalProcessor:
     @property
     def lag(self) -> int:
         """Log entries written but not yet applied."""
-        return max(0, self.log.last_offset - self.offset)
+        return max(0, self.log.last_offset - self.applied)
 
     def status(self) -> dict[str, object]:
         alive = self._thread is not None and self._thread.is_alive()
-        return {"running": alive, "offset": self.offset, "lag": self.lag, "error": self.error}
+        return {"running": alive, "offset": self.applied, "lag": self.lag, "error": self.error}
 
     def wait_caught_up(self, timeout: float) -> bool:
         """Block until every entry written so far is applied (or ``timeout`` seconds pass)."""
         target = self.log.last_offset
         deadline = time.monotonic() + timeout
         with self._progress:
-            while self.offset < target:
+            while self.applied < target:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
                 self._progress.wait(remaining)
         return True
 
-    def step(self) -> int:
-        """Apply what the log holds after our offset (one round); return entries applied."""
+    def step(self, *, defer_statistics: bool = False) -> int:
+        """Apply what the log holds after our offset (one round); return entries applied.
+        Test statistics wait if more is in the log, or with ``defer_statistics``."""
         handed = self._take_handoff()
         if handed is not None:
             records, last = handed
@@ -177,10 +189,13 @@ class LocalProcessor:
             # read and prepare the next round while this one is written (SQLite lets go of
             # the GIL while it works, so the two overlap)
             self._ahead = reader.submit(self._read_log, batch.last)
-        new = self._write(batch)
+        new = self._write(batch, defer_statistics)
         applied = batch.last - self.offset
         with self._progress:
             self.offset = batch.last
+            if not self._statistics_waiting():
+                self.applied = batch.last
+                self._merged_at = time.monotonic()
             self._progress.notify_all()
         self.log.mark_consumed(batch.last)
         if self.on_applied is not None:
@@ -191,13 +206,28 @@ class LocalProcessor:
         store = self.store
         return store.prepare(groups) if isinstance(store, SqliteStore) else groups
 
-    def _write(self, batch: _Batch) -> int:
+    def _statistics_waiting(self) -> bool:
+        store = self.store
+        return isinstance(store, SqliteStore) and store.statistics_waiting
+
+    def merge_statistics(self) -> None:
+        """Merge the test statistics that wait in the store now."""
+        store = self.store
+        if isinstance(store, SqliteStore):
+            store.flush_statistics()
+        with self._progress:
+            self.applied = self.offset
+            self._merged_at = time.monotonic()
+            self._progress.notify_all()
+        if self.on_applied is not None:
+            self.on_applied(0, 0)
+
+    def _write(self, batch: _Batch, defer_statistics: bool) -> int:
         offsets = {self.source: batch.last}
         store, work = self.store, batch.work
         if isinstance(work, PreparedWrite) and isinstance(store, SqliteStore):
-            # while more waits in the log, test statistics may wait for a later round
-            behind = self.log.last_offset > batch.last
-            return store.write_prepared(work, offsets=offsets, defer_statistics=behind)
+            defer = defer_statistics or self.log.last_offset > batch.last  # more waits
+            return store.write_prepared(work, offsets=offsets, defer_statistics=defer)
         assert isinstance(work, list)
         return store.write(records_of_rows(work), offsets=offsets)
 
@@ -243,6 +273,8 @@ class LocalProcessor:
             try:
                 while time.monotonic() < deadline and self.step():
                     pass
+                if self._statistics_waiting():
+                    self.merge_statistics()
             except Exception as exc:
                 log.warning("[testengine] stopped with log entries left to apply: %s", exc)
         finally:
@@ -259,7 +291,12 @@ class LocalProcessor:
             if self.linger and self._handoff_records < self.batch_records and not self._behind():
                 self._stopping.wait(self.linger)  # gather more into one transaction
             try:
-                applied = self.step()
+                busy = time.monotonic() - self._merged_at < STATISTICS_EVERY
+                applied = self.step(defer_statistics=busy)
+                if not applied and self._statistics_waiting():
+                    if self._wake.wait(STATISTICS_IDLE):
+                        continue  # more came: they wait on
+                    self.merge_statistics()
                 self.error = None
             except Exception as exc:
                 self.error = f"cannot apply log entries after offset {self.offset}: {exc}"

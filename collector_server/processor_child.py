@@ -235,7 +235,7 @@ class _Reporter:
     def send(self, records: int = 0, new: int = 0) -> None:
         line = orjson.dumps(
             {
-                "offset": self.processor.offset,
+                "offset": self.processor.applied,
                 "records": records,
                 "new": new,
                 "error": self.processor.error,

@@ -224,6 +224,11 @@ class SqliteStore:
             raise
         self._known.committed()
 
+    @property
+    def statistics_waiting(self) -> bool:
+        """Some test statistics wait to be merged (see ``PendingTests``)."""
+        return bool(self._pending.tests)
+
     def flush_statistics(self) -> None:
         """Merge the test statistics that wait (see ``PendingTests``) now."""
         if self._pending.tests:

@@ -111,3 +111,26 @@ def test_processor_defers_statistics_while_behind_and_merges_once_caught_up(
         assert answers(store) == answers(reference)
     finally:
         log.close()
+
+
+def test_running_processor_merges_waiting_statistics_once_idle(
+    tmp_path: Path, open_store: Any
+) -> None:
+    log = LocalLog(tmp_path / "log.db")
+    log.open()
+    store, reference = open_store(), open_store("reference.db")
+    parts = rounds(many_executions())
+    processor = LocalProcessor(log, store, batch_records=ROUND)
+    processor.start()
+    try:
+        for part in parts:  # in quick succession: rounds after the first let them wait
+            log.append([encode_entry(part)])
+            processor.wake()
+            reference.write(part)
+        assert processor.wait_caught_up(10.0)  # results and statistics
+        assert processor.applied == processor.offset == len(parts)
+        assert not store.statistics_waiting
+        assert answers(store) == answers(reference)
+    finally:
+        processor.stop()
+        log.close()
