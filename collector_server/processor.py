@@ -13,18 +13,16 @@ and prepared in a second thread while one is written.
 
 The sink wakes the processor after each durable commit, so a result is queryable a few
 milliseconds after its 202.  Per-test statistics (the ``tests`` table: runs, outcomes,
-recent durations) are merged by the round's own transaction when the processor was idle;
-while it is busy (more waits in the log, or it merged less than ``STATISTICS_EVERY`` ago)
-they wait in the store, a second at most, and are merged once per test: by a later round, or
-``STATISTICS_IDLE`` after the last one.  :attr:`LocalProcessor.applied` (``status``,
-``lag``, ``wait_caught_up``) counts an entry once its statistics are merged too.
+recent durations) wait in the store while entries keep coming, a second at most, and are
+merged once per test: by the round that finds them a second old, or ``STATISTICS_IDLE``
+after the last entry.  :attr:`LocalProcessor.applied` (``status``, ``lag``,
+``wait_caught_up``) counts an entry once its statistics are merged too.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -47,7 +45,6 @@ IDLE_WAIT: Final = 1.0  # seconds between checks when nobody wakes us
 RETRY_WAIT: Final = 1.0  # seconds before retrying a failed store write
 DRAIN_TIME: Final = 10.0  # seconds a stopping processor keeps applying what is left
 HANDOFF_RECORDS: Final = 200_000  # records held in memory from the sink; beyond, read the log
-STATISTICS_EVERY: Final = 0.25  # seconds: a round merges test statistics at most this often
 STATISTICS_IDLE: Final = 0.05  # seconds without a new entry before waiting ones are merged
 
 
@@ -81,7 +78,6 @@ class LocalProcessor:
         self.on_applied = on_applied
         self.offset = 0  # the last entry whose results are stored
         self.applied = 0  # ... and whose test statistics are merged too
-        self._merged_at = -math.inf  # when test statistics were last merged (monotonic)
         self.error: str | None = None
         self._handoff: collections.deque[tuple[int, Sequence[Record]]] = collections.deque()
         self._handoff_records = 0
@@ -195,7 +191,6 @@ class LocalProcessor:
             self.offset = batch.last
             if not self._statistics_waiting():
                 self.applied = batch.last
-                self._merged_at = time.monotonic()
             self._progress.notify_all()
         self.log.mark_consumed(batch.last)
         if self.on_applied is not None:
@@ -217,7 +212,6 @@ class LocalProcessor:
             store.flush_statistics()
         with self._progress:
             self.applied = self.offset
-            self._merged_at = time.monotonic()
             self._progress.notify_all()
         if self.on_applied is not None:
             self.on_applied(0, 0)
@@ -291,8 +285,7 @@ class LocalProcessor:
             if self.linger and self._handoff_records < self.batch_records and not self._behind():
                 self._stopping.wait(self.linger)  # gather more into one transaction
             try:
-                busy = time.monotonic() - self._merged_at < STATISTICS_EVERY
-                applied = self.step(defer_statistics=busy)
+                applied = self.step(defer_statistics=True)
                 if not applied and self._statistics_waiting():
                     if self._wake.wait(STATISTICS_IDLE):
                         continue  # more came: they wait on
