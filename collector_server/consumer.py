@@ -228,9 +228,11 @@ class ResultConsumer:
             elif error.code() != KafkaError._PARTITION_EOF:
                 log.warning("[testengine] Kafka consumer error: %s", error.str())
         if not batch:
+            if isinstance(self.store, RowWriter):
+                self.store.flush_statistics()  # idle: merge what waits (see PendingTests)
             return 0
         try:
-            self._apply(batch)
+            self._apply(batch, more=len(messages) == self.batch_size)
         except Exception as exc:  # the store or the dead-letter topic failed: retry the batch
             self.stats.retries += 1
             log.warning(
@@ -250,7 +252,9 @@ class ResultConsumer:
         self._update_lag(consumer)
         return len(batch)
 
-    def _apply(self, batch: Sequence[Message]) -> None:
+    def _apply(self, batch: Sequence[Message], *, more: bool = False) -> None:
+        """Store ``batch``; with ``more`` (a full batch: more is likely waiting), test
+        statistics may wait for a later batch, a second at most."""
         records: list[Record] = []
         dead: list[tuple[Message, str]] = []
         store = self.store
@@ -271,7 +275,7 @@ class ResultConsumer:
         if not stored:
             new = 0
         elif isinstance(store, RowWriter):
-            new = store.write_rows(groups)
+            new = store.write_rows(groups, defer_statistics=more)
         else:
             new = store.write(records)
         for message in batch:

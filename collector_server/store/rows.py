@@ -77,8 +77,14 @@ class RowWriter(Protocol):
     """A store that writes rows (see :meth:`SqliteStore.write_rows`)."""
 
     def write_rows(
-        self, groups: Sequence[RunRows], *, offsets: Mapping[str, int] | None = None
+        self,
+        groups: Sequence[RunRows],
+        *,
+        offsets: Mapping[str, int] | None = None,
+        defer_statistics: bool = False,
     ) -> int: ...
+
+    def flush_statistics(self) -> None: ...
 
 
 def row_of(r: dict[str, Any]) -> Row:

@@ -260,10 +260,15 @@ class SqliteStore:
         return self.write_rows(rows_of_records(records), offsets=offsets)
 
     def write_rows(
-        self, groups: Sequence[RunRows], *, offsets: Mapping[str, int] | None = None
+        self,
+        groups: Sequence[RunRows],
+        *,
+        offsets: Mapping[str, int] | None = None,
+        defer_statistics: bool = False,
     ) -> int:
         """Like :meth:`write`, for results already turned into rows (see ``store.rows``)."""
-        return self.write_prepared(self.prepare(groups), offsets=offsets)
+        work = self.prepare(groups)
+        return self.write_prepared(work, offsets=offsets, defer_statistics=defer_statistics)
 
     def prepare(self, groups: Sequence[RunRows]) -> PreparedWrite:
         """The part of a write that needs no database (any thread may run it)."""
