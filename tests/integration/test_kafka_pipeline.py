@@ -14,8 +14,16 @@ from prometheus_client import CollectorRegistry
 from collector_server.consumer import ResultConsumer
 from collector_server.kafka_metrics import KafkaMetrics
 from collector_server.sinks.kafka import KafkaSink
+from collector_server.store.sqlite import SqliteStore
 from pytest_testengine.model import Record, decode_record, encode_record, new_id
-from tests.support.kafka_io import consuming, header, produce, read_all, sample_records
+from tests.support.kafka_io import (
+    consuming,
+    header,
+    produce,
+    read_all,
+    sample_records,
+    wait_until,
+)
 from tests.support.memory_store import MemoryStore
 
 FAST_GROUP = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}
@@ -131,3 +139,35 @@ def test_a_failed_store_write_is_retried_before_the_commit(
     assert store.duplicates == 0
     assert stats.retries == 2
     assert store.calls == 3
+
+
+def test_statistics_of_full_batches_wait_and_an_empty_poll_merges_them(
+    kafka_bootstrap: str, kafka_topic: str, tmp_path: Path
+) -> None:
+    records = [r for _ in range(3) for r in sample_records(10)]  # 10 tests, 3 runs each
+    produce(kafka_bootstrap, kafka_topic, records)
+    store = SqliteStore(tmp_path / "store.db", clock=lambda: 1234.0).open()
+    reference = SqliteStore(tmp_path / "reference.db", clock=lambda: 1234.0).open()
+    consumer = ResultConsumer(
+        kafka_bootstrap,
+        kafka_topic,
+        "processors",
+        store,
+        batch_size=10,  # full batches: their statistics may wait
+        partitions=1,
+        consumer_config=FAST_GROUP,
+        poll_timeout=0.2,
+    )
+    try:
+        with consuming(consumer):
+            assert wait_until(
+                lambda: len(store.results("acme", "unit", limit=100).items) == 30, timeout=20
+            )
+            assert wait_until(lambda: not store.statistics_waiting, timeout=5)
+        reference.write(records)
+        tests = store.tests("acme", "unit", limit=100).items
+        assert [t["runs"] for t in tests] == [3] * 10
+        assert tests == reference.tests("acme", "unit", limit=100).items
+    finally:
+        store.close()
+        reference.close()
