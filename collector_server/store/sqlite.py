@@ -12,6 +12,10 @@ Tables (every key starts with the tenant):
 - ``runs``: one row per pytest session (tenant, suite, run_id) with counts by outcome.
 - ``suites``: every suite a tenant reported, with its result count.
 - ``offsets``: consumer positions, committed in the same transaction as the records.
+- ``unmerged``: the batches whose test statistics wait in the memory of a busy writer (see
+  ``sqlite_write.PendingTests``).  Only one writer at a time lets them wait: the one that
+  holds the lock on ``store.db.lock`` (``flock``); a store that takes the lock first merges
+  what a writer that held it before left unmerged (it stopped, or crashed).
 - ``build_runs``: the runs of each CI build (tenant, suite, build_id, run_id) with the shard
   and plan they reported, for the builds report of the planner.
 
@@ -24,6 +28,8 @@ committed an offset, the local log may drop the entries before it.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import queue
 import sqlite3
 import threading
@@ -47,7 +53,6 @@ from collector_server.store.sqlite_write import (
     OUTCOME_COLUMNS,
     OUTCOME_LIST,
     RECENT_DURATIONS,
-    STATISTICS,
     KnownTests,
     PendingTests,
     PreparedWrite,
@@ -121,6 +126,9 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS runs_id ON runs (tenant, suite, run_id);
 CREATE INDEX IF NOT EXISTS runs_suite ON runs (tenant, suite, seq);
+CREATE TABLE IF NOT EXISTS unmerged (
+    last INTEGER PRIMARY KEY
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS offsets (
     source TEXT PRIMARY KEY,
     position INTEGER NOT NULL
@@ -175,6 +183,7 @@ class SqliteStore:
         self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
         self._known = KnownTests()
         self._pending = PendingTests()
+        self._lock: int | None = None  # the descriptor of store.db.lock while we hold it
 
     def open(self) -> SqliteStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -183,39 +192,51 @@ class SqliteStore:
         columns = {row[1] for row in self._conn.execute("PRAGMA table_info(results)")}
         self._conn.executescript(_MIGRATE_RESULTS if "data" in columns else _SCHEMA)
         self._known.forget()
-        self._merge_unmerged()
+        if self._take_lock():  # no writer lets statistics wait now: merge what one left
+            self._merge_unmerged()
+            self._release_lock()
         return self
 
+    def _take_lock(self) -> bool:
+        """Become the one writer that may let statistics wait (at once, or not at all)."""
+        if self._lock is None:
+            lock = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(lock)
+                return False
+            self._lock = lock
+        return True
+
+    def _release_lock(self) -> None:
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            os.close(lock)  # closing the descriptor lets go of the lock
+
     def _merge_unmerged(self) -> None:
-        """Merge the test statistics of results stored after the ``statistics`` offset (a
-        writer that stopped with statistics pending, see ``PendingTests``)."""
+        """Merge the test statistics of the batches in ``unmerged`` (left by a writer that
+        let them wait and stopped before merging them); only with the lock."""
         conn = self._conn
         assert conn is not None
         conn.execute("BEGIN IMMEDIATE")
         try:
-            (last,) = conn.execute("SELECT coalesce(max(seq), 0) FROM results").fetchone()
-            row = conn.execute(
-                "SELECT position FROM offsets WHERE source = ?", (STATISTICS,)
-            ).fetchone()
-            if row is None:  # a new store, or one written before the offset was kept
-                conn.execute(
-                    "INSERT INTO offsets (source, position) VALUES (?, ?)", (STATISTICS, last)
+            self._known.check(conn)
+            groups = [
+                RunRows(
+                    tenant,
+                    run_from_dict({"suite": suite, "run_id": run_id}),
+                    [row_of(r) for r in results_in(data)],
+                    data,
                 )
-            elif row[0] < last:
-                groups = [
-                    RunRows(
-                        tenant,
-                        run_from_dict({"suite": suite, "run_id": run_id}),
-                        [row_of(r) for r in results_in(data)[max(first, row[0] + 1) - first :]],
-                        b"",
-                    )
-                    for first, tenant, suite, run_id, data in conn.execute(
-                        "SELECT first, tenant, suite, run_id, data FROM batches WHERE last > ?"
-                        " ORDER BY last",
-                        (row[0],),
-                    )
-                ]
-                merge_tests(conn, prepare(groups, self.clock()).tests, self._known, last)
+                for tenant, suite, run_id, data in conn.execute(
+                    "SELECT tenant, suite, run_id, data FROM batches"
+                    " WHERE last IN (SELECT last FROM unmerged) ORDER BY last"
+                )
+            ]
+            if groups:
+                merge_tests(conn, prepare(groups, self.clock()).tests, self._known)
+                conn.execute("DELETE FROM unmerged")
             conn.execute("COMMIT")
         except BaseException:
             self._known.rolled_back()
@@ -244,6 +265,7 @@ class SqliteStore:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+            self._release_lock()
         while True:
             try:
                 self._readers.get_nowait().close()
@@ -291,6 +313,11 @@ class SqliteStore:
             conn = self._conn
             if conn is None:
                 raise sqlite3.ProgrammingError("store is closed")
+            if defer_statistics and self._lock is None:
+                if self._take_lock():  # the first time: what an earlier writer left first
+                    self._merge_unmerged()
+                else:
+                    defer_statistics = False  # another writer lets its statistics wait
             conn.execute("BEGIN IMMEDIATE")
             try:
                 new = apply(conn, write, self._known, self._pending, defer=defer_statistics)
@@ -311,14 +338,8 @@ class SqliteStore:
             return new
 
     def offsets(self) -> dict[str, int]:
-        """The positions of the sources written (the store's own ``statistics`` aside)."""
         with self._reading() as conn:
-            return {
-                s: int(p)
-                for s, p in conn.execute(
-                    "SELECT source, position FROM offsets WHERE source != ?", (STATISTICS,)
-                )
-            }
+            return {s: int(p) for s, p in conn.execute("SELECT source, position FROM offsets")}
 
     # -- reads -----------------------------------------------------------------------------
 

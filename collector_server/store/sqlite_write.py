@@ -16,8 +16,8 @@ another thread than the transaction); :func:`apply` runs inside the caller's tra
 3. tests: the results are aggregated per test in Python (one row per test per
    transaction), merged with the stored row (as this connection last wrote it, see
    :class:`KnownTests`, else read) and written back; while the writer is behind, this may
-   wait for a later transaction (see :class:`PendingTests`).  The ``statistics`` offset is
-   the last result ``seq`` the ``tests`` rows count.
+   wait for a later transaction (see :class:`PendingTests`): the ``unmerged`` table lists
+   the batches whose statistics wait.
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ ROWS_PER_INSERT: Final = 400  # rows per multi-row INSERT (at most 32766 paramet
 KNOWN_TESTS: Final = 50_000  # tests statistics kept in memory by the writer (about 30 MB)
 STATISTICS_DELAY: Final = 1.0  # seconds test statistics may wait while the writer is behind
 PENDING_TESTS: Final = 50_000  # tests whose statistics may wait (about 20 MB)
-STATISTICS: Final = "statistics"  # the offset of the last result counted in ``tests``
 OUTCOME_COLUMNS: Final = tuple(sorted(OUTCOMES))
 _OUTCOME_INDEX: Final = {o: i for i, o in enumerate(OUTCOME_COLUMNS)}
 _PASSED: Final = _OUTCOME_INDEX["passed"]
@@ -216,19 +215,27 @@ def apply(
             write = prepare(_new_rows(conn, write.groups), write.now)
             insert_rows(conn, _INSERT_RESULTS, _RESULT_WIDTH, write.results)
         conn.execute("RELEASE results")
+    batches: list[tuple[int]] = []
     if write.count:
-        last = _write_batches(conn, write.groups, last)
+        batches = _write_batches(conn, write.groups, last)
         _write_statistics(conn, write)
+    waiting = bool(pending.tests)
     tests = pending.take(write.tests, write.now, defer=defer)
-    if tests:
-        merge_tests(conn, tests, known, last)
+    if tests is None:
+        conn.executemany("INSERT INTO unmerged (last) VALUES (?)", batches)
+    else:
+        if waiting:
+            conn.execute("DELETE FROM unmerged")  # only a writer that lets them wait has any
+        merge_tests(conn, tests, known)
     return write.count
 
 
-def _write_batches(conn: sqlite3.Connection, groups: Sequence[RunRows], base: int) -> int:
+def _write_batches(
+    conn: sqlite3.Connection, groups: Sequence[RunRows], base: int
+) -> list[tuple[int]]:
     """One ``batches`` row per group: the rows just inserted after ``base`` took the next
     ``seq`` numbers, group after group (SQLite gives a row without a rowid the largest one
-    plus one, and this connection is the only writer).  Returns the last ``seq``."""
+    plus one, and this connection is the only writer).  Returns the batches' keys."""
     params = []
     seq = base
     for g in groups:
@@ -239,7 +246,7 @@ def _write_batches(conn: sqlite3.Connection, groups: Sequence[RunRows], base: in
     if last != seq:  # the batches would point at other results than their own
         raise sqlite3.IntegrityError(f"results were numbered {base + 1}..{last}, not ..{seq}")
     conn.executemany(_INSERT_BATCH, params)
-    return seq
+    return [(p[0],) for p in params]
 
 
 def _new_rows(conn: sqlite3.Connection, groups: Sequence[RunRows]) -> list[RunRows]:
@@ -358,9 +365,9 @@ class PendingTests:
     half the work of a write.  A writer that is behind (more is waiting to be written) may
     let them wait, up to ``delay`` seconds and ``limit`` tests: a test seen in several writes
     meanwhile is then merged once.  The first write that does not defer, or that finds them
-    due, merges them with its own (the processor's, once it has caught up; a test's
-    statistics are then as fresh as before).  What a crash loses here is merged again from
-    the stored results when the store opens (see ``SqliteStore.open``).
+    due, merges them with its own.  The batches whose statistics wait are listed in the
+    ``unmerged`` table, so what a crash loses here is merged again from the stored results
+    (see ``SqliteStore``: one writer at a time may let statistics wait).
     """
 
     def __init__(self, delay: float = STATISTICS_DELAY, limit: int = PENDING_TESTS) -> None:
@@ -436,10 +443,9 @@ def fold(into: Tests, tests: Tests, *, in_place: bool) -> int:
     return added
 
 
-def merge_tests(conn: sqlite3.Connection, tests: Tests, known: KnownTests, last: int) -> None:
+def merge_tests(conn: sqlite3.Connection, tests: Tests, known: KnownTests) -> None:
     """Write the statistics of these tests: their stored rows plus the deltas (which are left
-    as they are); ``last`` is the last result ``seq`` they count (the ``statistics``
-    offset)."""
+    as they are)."""
     width = len(OUTCOME_COLUMNS)
     params: list[Any] = []
     extend = params.extend
@@ -490,7 +496,4 @@ def merge_tests(conn: sqlite3.Connection, tests: Tests, known: KnownTests, last:
         known.wrote(key, written)
     insert_rows(
         conn, f"INSERT OR REPLACE INTO tests ({_TEST_COLUMNS}) VALUES ", _TEST_WIDTH, params
-    )
-    conn.execute(
-        "INSERT OR REPLACE INTO offsets (source, position) VALUES (?, ?)", (STATISTICS, last)
     )

@@ -134,3 +134,37 @@ def test_running_processor_merges_waiting_statistics_once_idle(
     finally:
         processor.stop()
         log.close()
+
+
+def test_a_store_opened_beside_a_writer_with_waiting_statistics_counts_them_once(
+    open_store: Any,
+) -> None:
+    parts = rounds(many_executions())
+    writer, reference = open_store(), open_store("reference.db")
+    for part in parts[:3]:
+        writer.write_prepared(writer.prepare(rows_of_records(part)), defer_statistics=True)
+        reference.write(part)
+    assert writer.statistics_waiting
+    beside = SqliteStore(writer.path, clock=lambda: 1234.0).open()  # e.g. a second consumer
+    try:
+        assert beside.tests("t", "default", limit=10).items == []  # not merged by this open
+        for part in parts[3:]:  # the writer lets its statistics wait: this one cannot
+            beside.write_prepared(beside.prepare(rows_of_records(part)), defer_statistics=True)
+            reference.write(part)
+            assert not beside.statistics_waiting
+    finally:
+        beside.close()
+    writer.flush_statistics()
+    assert not writer.statistics_waiting
+
+    def in_any_order(tests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        # two writers at once: durations are in the order they were merged, and of results
+        # seen at the same time the last merged gives the last outcome
+        return [
+            {**t, "recent_durations": sorted(t["recent_durations"]), "last_outcome": None}
+            for t in tests
+        ]
+
+    tests = answers(writer)["tests"]
+    assert in_any_order(tests) == in_any_order(answers(reference)["tests"])
+    assert tests[0]["runs"] == 48
