@@ -127,13 +127,14 @@ def stages(entries: int, rounds: int) -> str:
             for groups in rounds_of_rows:
                 store.prepare(groups)
 
-    def write_store() -> None:
+    def write_store(defer: bool) -> None:
         with harness.workdir("stages") as tmp:
             store = SqliteStore(tmp / "store.db").open()
             prepared = [store.prepare(groups) for groups in rounds_of_rows]
             start = time.process_time()
             for work in prepared:
-                store.write_prepared(work)
+                store.write_prepared(work, defer_statistics=defer)
+            store.flush_statistics()
             spent[0] += time.process_time() - start
             store.close()
 
@@ -173,7 +174,16 @@ def stages(entries: int, rounds: int) -> str:
             lambda: [decode_entry_rows(e) for e in body_entries],
         ),
         ("processor", "prepare a write (Python, 5,000 per transaction)", prepare),
-        ("processor", "store write (SQLite, 5,000 per transaction)", write_store),
+        (
+            "processor",
+            "store write (SQLite, 5,000 per transaction), statistics merged by each",
+            lambda: write_store(False),
+        ),
+        (
+            "processor",
+            "store write, statistics waiting (a busy processor: merged once a second)",
+            lambda: write_store(True),
+        ),
     ]
     table = []
     for where, name, work in steps:
