@@ -92,13 +92,19 @@ os._exit(9)  # no close: the statistics waiting in memory are lost with the proc
         reopened.close()
 
 
+def log_and_stores(
+    tmp_path: Path, open_store: Any
+) -> tuple[LocalLog, SqliteStore, SqliteStore, list[list[Record]]]:
+    """An open log, a store, a reference store, and the rounds of many executions."""
+    log = LocalLog(tmp_path / "log.db")
+    log.open()
+    return log, open_store(), open_store("reference.db"), rounds(many_executions())
+
+
 def test_processor_defers_statistics_while_behind_and_merges_once_caught_up(
     tmp_path: Path, open_store: Any
 ) -> None:
-    log = LocalLog(tmp_path / "log.db")
-    log.open()
-    store, reference = open_store(), open_store("reference.db")
-    parts = rounds(many_executions())
+    log, store, reference, parts = log_and_stores(tmp_path, open_store)
     log.append([encode_entry(part) for part in parts])
     processor = LocalProcessor(log, store, batch_records=ROUND)
     try:
@@ -116,10 +122,7 @@ def test_processor_defers_statistics_while_behind_and_merges_once_caught_up(
 def test_running_processor_merges_waiting_statistics_once_idle(
     tmp_path: Path, open_store: Any
 ) -> None:
-    log = LocalLog(tmp_path / "log.db")
-    log.open()
-    store, reference = open_store(), open_store("reference.db")
-    parts = rounds(many_executions())
+    log, store, reference, parts = log_and_stores(tmp_path, open_store)
     processor = LocalProcessor(log, store, batch_records=ROUND)
     processor.start()
     try:
