@@ -229,7 +229,7 @@ class ResultConsumer:
                 log.warning("[testengine] Kafka consumer error: %s", error.str())
         if not batch:
             if isinstance(self.store, RowWriter):
-                self.store.flush_statistics()  # idle: merge what waits (see PendingTests)
+                self._merge_statistics()
             return 0
         try:
             self._apply(batch, more=len(messages) == self.batch_size)
@@ -251,6 +251,20 @@ class ResultConsumer:
         self._commit(consumer)
         self._update_lag(consumer)
         return len(batch)
+
+    def _merge_statistics(self) -> None:
+        """Idle: merge the test statistics that wait (see ``PendingTests``); a failure is
+        logged and the next idle poll tries again (they wait in the store meanwhile)."""
+        assert isinstance(self.store, RowWriter)
+        try:
+            self.store.flush_statistics()
+        except Exception as exc:
+            log.warning(
+                "[testengine] could not merge waiting test statistics (%s: %s); retrying at"
+                " the next idle poll",
+                type(exc).__name__,
+                exc,
+            )
 
     def _apply(self, batch: Sequence[Message], *, more: bool = False) -> None:
         """Store ``batch``; with ``more`` (a full batch: more is likely waiting), test

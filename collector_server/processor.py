@@ -297,4 +297,8 @@ class LocalProcessor:
                 self._wake.wait(RETRY_WAIT)
                 continue
             if not applied:
+                if self.applied < self.offset and not self._statistics_waiting():
+                    with self._progress:  # merged by someone else (a flush, a due round)
+                        self.applied = self.offset
+                        self._progress.notify_all()
                 self._wake.wait(IDLE_WAIT)

@@ -147,9 +147,8 @@ CREATE TABLE IF NOT EXISTS build_runs (
 
 
 #: Stores written before ``batches`` kept each result's JSON in its ``results`` row: each
-#: becomes a batch of one, in one transaction when the store is opened.
+#: becomes a batch of one, in the transaction that found the old table when the store opened.
 _MIGRATE_RESULTS: Final = f"""
-BEGIN IMMEDIATE;
 ALTER TABLE results RENAME TO results_before_batches;
 DROP INDEX IF EXISTS results_id;
 DROP INDEX IF EXISTS results_suite;
@@ -161,8 +160,8 @@ INSERT INTO batches (last, first, tenant, suite, run_id, data)
     SELECT seq, seq, tenant, suite, run_id, CAST('[' || data || ']' AS BLOB)
     FROM results_before_batches;
 DROP TABLE results_before_batches;
-COMMIT;
 """
+_MIGRATE_STATEMENTS: Final = [s.strip() for s in _MIGRATE_RESULTS.split(";") if s.strip()]
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -186,15 +185,34 @@ class SqliteStore:
         self._lock: int | None = None  # the descriptor of store.db.lock while we hold it
 
     def open(self) -> SqliteStore:
+        if self._conn is not None:
+            raise sqlite3.ProgrammingError("store is open already")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = _connect(self.path)
-        self._conn.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
-        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(results)")}
-        self._conn.executescript(_MIGRATE_RESULTS if "data" in columns else _SCHEMA)
+        conn = _connect(self.path)
+        try:
+            conn.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
+            conn.execute("BEGIN IMMEDIATE")  # another process may be opening it too
+            if "data" in {row[1] for row in conn.execute("PRAGMA table_info(results)")}:
+                for statement in _MIGRATE_STATEMENTS:
+                    conn.execute(statement)
+            conn.execute("COMMIT")
+            conn.executescript(_SCHEMA)
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            conn.close()
+            raise
+        self._conn = conn
         self._known.forget()
+        self._pending = PendingTests()
         if self._take_lock():  # no writer lets statistics wait now: merge what one left
-            self._merge_unmerged()
-            self._release_lock()
+            try:
+                self._merge_unmerged()
+            except BaseException:
+                self.close()
+                raise
+            finally:
+                self._release_lock()
         return self
 
     def _take_lock(self) -> bool:
@@ -266,6 +284,8 @@ class SqliteStore:
                 self._conn.close()
                 self._conn = None
             self._release_lock()
+            self._pending = PendingTests()  # what still waits is in ``unmerged``
+            self._known.forget()
         while True:
             try:
                 self._readers.get_nowait().close()
@@ -315,7 +335,11 @@ class SqliteStore:
                 raise sqlite3.ProgrammingError("store is closed")
             if defer_statistics and self._lock is None:
                 if self._take_lock():  # the first time: what an earlier writer left first
-                    self._merge_unmerged()
+                    try:
+                        self._merge_unmerged()
+                    except BaseException:
+                        self._release_lock()  # so that the next write merges them first
+                        raise
                 else:
                     defer_statistics = False  # another writer lets its statistics wait
             conn.execute("BEGIN IMMEDIATE")

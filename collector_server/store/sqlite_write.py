@@ -219,13 +219,11 @@ def apply(
     if write.count:
         batches = _write_batches(conn, write.groups, last)
         _write_statistics(conn, write)
-    waiting = bool(pending.tests)
-    tests = pending.take(write.tests, write.now, defer=defer)
+    tests = pending.take(write.tests, write.now, defer=defer, batches=batches)
     if tests is None:
         conn.executemany("INSERT INTO unmerged (last) VALUES (?)", batches)
     else:
-        if waiting:
-            conn.execute("DELETE FROM unmerged")  # only a writer that lets them wait has any
+        conn.executemany("DELETE FROM unmerged WHERE last = ?", pending.batches)
         merge_tests(conn, tests, known)
     return write.count
 
@@ -376,18 +374,25 @@ class PendingTests:
         self.tests: Tests = {}
         self.size = 0  # tests in self.tests
         self.since: float | None = None  # when the oldest of them was written
-        #: what the transaction in progress does: (merged now?, its tests, when)
-        self._after: tuple[bool, Tests, float] | None = None
+        #: the ``unmerged`` rows of the batches whose statistics wait here
+        self.batches: list[tuple[int]] = []
+        #: what the transaction in progress does: (merged now?, its tests, batches, when)
+        self._after: tuple[bool, Tests, list[tuple[int]], float] | None = None
 
-    def take(self, tests: Tests, now: float, *, defer: bool) -> Tests | None:
+    def take(
+        self, tests: Tests, now: float, *, defer: bool, batches: list[tuple[int]]
+    ) -> Tests | None:
         """The statistics to merge in the transaction in progress (those waiting and
-        ``tests``), or None if ``tests`` can wait too.  Changes nothing until
-        :meth:`committed`."""
-        due = self.since is not None and (now - self.since >= self.delay or self.size >= self.limit)
+        ``tests``, of ``batches``), or None if ``tests`` can wait too.  Changes nothing
+        until :meth:`committed`."""
+        since = self.since
+        due = since is not None and (
+            not 0 <= now - since < self.delay or self.size >= self.limit  # or the clock went back
+        )
         if defer and not due:
-            self._after = (False, tests, now)
+            self._after = (False, tests, batches, now)
             return None
-        self._after = (True, tests, now)
+        self._after = (True, tests, batches, now)
         if not self.tests:
             return tests
         merged = {key: dict(stats) for key, stats in self.tests.items()}
@@ -398,11 +403,12 @@ class PendingTests:
         after, self._after = self._after, None
         if after is None:
             return
-        merged, tests, now = after
+        merged, tests, batches, now = after
         if merged:
-            self.tests, self.size, self.since = {}, 0, None
+            self.tests, self.size, self.since, self.batches = {}, 0, None, []
             return
         self.size += fold(self.tests, tests, in_place=True)
+        self.batches.extend(batches)
         if self.since is None:
             self.since = now
 
@@ -419,14 +425,14 @@ def fold(into: Tests, tests: Tests, *, in_place: bool) -> int:
     for key, stats in tests.items():
         known = into.get(key)
         if known is None:
-            into[key] = dict(stats)
+            into[key] = {n: [*d] for n, d in stats.items()} if in_place else dict(stats)
             added += len(stats)
             continue
         get = known.get
         for nodeid, d in stats.items():
             old = get(nodeid)
             if old is None:
-                known[nodeid] = d
+                known[nodeid] = [*d] if in_place else d  # a delta of its own to change
                 added += 1
                 continue
             if not in_place:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import orjson
 
 from collector_server.store.sqlite import SqliteStore
-from pytest_testengine.model import Record, records_of, result_to_dict
+from pytest_testengine.model import Batch, Record, records_of, result_to_dict
 from tests.collector.batches import batch, result
 
 #: The results table as stores before ``batches`` had it (each result's JSON in its row).
@@ -31,9 +33,8 @@ CREATE INDEX results_run ON results (tenant, suite, run_id, seq);
 """
 
 
-def test_results_of_an_old_store_are_read_and_new_ones_follow(tmp_path: Path) -> None:
-    path = tmp_path / "store.db"
-    old = batch(3)
+def write_old_store(path: Path, old: Batch) -> None:
+    """A store of the earlier shape holding the results of ``old`` (tenant ``t``)."""
     conn = sqlite3.connect(path)
     conn.executescript(OLD_RESULTS)
     conn.executemany(
@@ -55,6 +56,12 @@ def test_results_of_an_old_store_are_read_and_new_ones_follow(tmp_path: Path) ->
     )
     conn.commit()
     conn.close()
+
+
+def test_results_of_an_old_store_are_read_and_new_ones_follow(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    old = batch(3)
+    write_old_store(path, old)
 
     store = SqliteStore(path).open()
     try:
@@ -81,3 +88,25 @@ def test_results_of_an_old_store_are_read_and_new_ones_follow(tmp_path: Path) ->
         store.close()
     tables = {row[0] for row in sqlite3.connect(path).execute("SELECT name FROM sqlite_master")}
     assert "results_before_batches" not in tables
+
+
+def test_processes_opening_an_old_store_at_once_migrate_it_once(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    old = batch(30_000)
+    write_old_store(path, old)
+    opening = "import sys; from pathlib import Path; from collector_server.store.sqlite import"
+    opening += f" SqliteStore; SqliteStore(Path({str(path)!r})).open().close()"
+    procs = [subprocess.Popen([sys.executable, "-c", opening]) for _ in range(3)]
+    assert [proc.wait(120) for proc in procs] == [0, 0, 0]
+    store = SqliteStore(path).open()  # and once more: nothing left to migrate
+    try:
+        page = store.results("t", old.run.suite, limit=10, cursor=None)
+        assert [r["id"] for r in page.items] == [r.id for r in old.results[:10]]
+    finally:
+        store.close()
+    conn = sqlite3.connect(path)
+    counts = [
+        conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("results", "batches")
+    ]
+    conn.close()
+    assert counts == [30_000, 30_000]

@@ -3,12 +3,14 @@ and merged again from the stored results after a crash."""
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from collector_server.processor import LocalProcessor
 from collector_server.sinks.local import LocalLog, encode_entry
@@ -54,11 +56,10 @@ def test_deferred_statistics_wait_then_equal_those_merged_at_once(open_store: An
         reference.close()
 
 
-def test_statistics_left_waiting_by_a_crash_are_merged_when_the_store_opens(
-    tmp_path: Path, open_store: Any
-) -> None:
-    parts = rounds(many_executions())
-    path, entries = tmp_path / "crashed.db", tmp_path / "entries.json"
+def crashed_writer(tmp_path: Path, path: Path, parts: list[list[Record]]) -> None:
+    """Another process writes ``parts`` to the store at ``path``, letting the statistics
+    wait, and dies without closing it (what waits in its memory is lost)."""
+    entries = tmp_path / "entries.json"
     entries.write_bytes(orjson.dumps([encode_entry(part).decode() for part in parts]))
     script = f"""
 import os, sys
@@ -72,10 +73,18 @@ for entry in orjson.loads(Path({str(entries)!r}).read_bytes()):
     work = store.prepare(rows_of_records(decode_entry(entry.encode())))
     store.write_prepared(work, defer_statistics=True)
 assert store.tests("t", "default", limit=10).items == []
-os._exit(9)  # no close: the statistics waiting in memory are lost with the process
+os._exit(9)
 """
     done = subprocess.run([sys.executable, "-c", script], timeout=60, check=False)
     assert done.returncode == 9
+
+
+def test_statistics_left_waiting_by_a_crash_are_merged_when_the_store_opens(
+    tmp_path: Path, open_store: Any
+) -> None:
+    parts = rounds(many_executions())
+    path = tmp_path / "crashed.db"
+    crashed_writer(tmp_path, path, parts)
     reopened = SqliteStore(path, clock=lambda: 1234.0).open()
     reference = open_store("reference.db")
     try:
@@ -86,6 +95,50 @@ os._exit(9)  # no close: the statistics waiting in memory are lost with the proc
     finally:
         reopened.close()
     reopened = SqliteStore(path, clock=lambda: 1234.0).open()  # and only once
+    try:
+        assert answers(reopened) == answers(reference)
+    finally:
+        reopened.close()
+
+
+def test_a_first_merge_that_fails_is_tried_again_not_dropped(
+    tmp_path: Path, open_store: Any
+) -> None:
+    parts = rounds(many_executions())
+    path = tmp_path / "store.db"
+    writer = SqliteStore(path, clock=lambda: 1234.0).open()  # before the crash: nothing to merge
+    try:
+        assert writer._conn is not None
+        writer._conn.execute("PRAGMA busy_timeout = 200")
+        crashed_writer(tmp_path, path, parts[:3])
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another writer's transaction: the merge fails once
+        with pytest.raises(sqlite3.OperationalError):
+            writer.write_prepared(writer.prepare(rows_of_records(parts[3])), defer_statistics=True)
+        other.execute("ROLLBACK")
+        other.close()
+        for part in parts[3:]:
+            writer.write_prepared(writer.prepare(rows_of_records(part)), defer_statistics=True)
+        writer.flush_statistics()
+        reference = open_store("reference.db")
+        for part in parts:
+            reference.write(part)
+        assert answers(writer) == answers(reference)
+    finally:
+        writer.close()
+
+
+def test_statistics_merged_on_close_are_not_merged_again_when_reopened(
+    open_store: Any,
+) -> None:
+    writer, reference = open_store(), open_store("reference.db")
+    for part in rounds(many_executions()):
+        writer.write_prepared(writer.prepare(rows_of_records(part)), defer_statistics=True)
+        reference.write(part)
+    writer.close()
+    with pytest.raises(sqlite3.ProgrammingError, match="open already"):
+        reference.open()
+    reopened = SqliteStore(writer.path, clock=lambda: 1234.0).open()
     try:
         assert answers(reopened) == answers(reference)
     finally:

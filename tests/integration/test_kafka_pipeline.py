@@ -22,7 +22,6 @@ from tests.support.kafka_io import (
     produce,
     read_all,
     sample_records,
-    wait_until,
 )
 from tests.support.memory_store import MemoryStore
 
@@ -158,16 +157,21 @@ def test_statistics_of_full_batches_wait_and_an_empty_poll_merges_them(
         consumer_config=FAST_GROUP,
         poll_timeout=0.2,
     )
+    consumer.start()
     try:
-        with consuming(consumer):
-            assert wait_until(
-                lambda: len(store.results("acme", "unit", limit=100).items) == 30, timeout=20
-            )
-            assert wait_until(lambda: not store.statistics_waiting, timeout=5)
+        polled = [consumer.poll_once() for _ in range(100) if not store.statistics_waiting]
+        assert polled[-1] == 10, polled  # a full batch, its statistics waiting
+        assert store.tests("acme", "unit", limit=100).items == []
+        for _ in range(100):  # bounded: the rest, then an empty poll
+            if consumer.poll_once() == 0:
+                break
+        assert not store.statistics_waiting
+        assert len(store.results("acme", "unit", limit=100).items) == 30
         reference.write(records)
         tests = store.tests("acme", "unit", limit=100).items
         assert [t["runs"] for t in tests] == [3] * 10
         assert tests == reference.tests("acme", "unit", limit=100).items
     finally:
+        consumer.close()
         store.close()
         reference.close()
