@@ -43,12 +43,14 @@ def stored(
     with everything the collector accepted (so a duplicate would show)."""
     collector.wait_for_results(n, suite=suite, token=token, timeout=timeout)
     deadline = time.monotonic() + timeout
+    lag = None
     with httpx.Client(timeout=10.0) as client:
         while time.monotonic() < deadline:
-            ready = client.get(collector.url + "/readyz").json()
-            if ready.get("processor", {}).get("lag", 0) == 0:
+            lag = client.get(collector.url + "/readyz").json().get("processor", {}).get("lag", 0)
+            if lag == 0:
                 break
             time.sleep(POLL)  # polling a condition with a deadline
+    assert lag == 0, f"the processor is {lag} log entries behind after {timeout} s"
     return collector.results(suite, token=token)
 
 
