@@ -56,12 +56,13 @@ def batches(entries: int) -> tuple[list[list[Record]], list[bytes]]:
     limits = ingest.Limits.from_settings(CollectorSettings())
     records, bodies = [], []
     for _ in range(entries):
-        raw = gzip.decompress(loadgen.body(BATCH, next(loadgen._runs)))
+        wire = loadgen.body(BATCH, next(loadgen._runs))  # gzipped, as the plugin sends it
+        raw = gzip.decompress(wire)
         obj = orjson.loads(raw)
         records.append(records_of("default", ingest.validate_batch(obj, limits)))
         checked = ingest.check_batch(obj, raw, limits)
         assert isinstance(checked, ingest.Checked)
-        bodies.append(encode_body_entry("default", checked.run, checked.body))
+        bodies.append(encode_body_entry("default", checked.run, checked.body, wire))
     return records, bodies
 
 
@@ -109,8 +110,8 @@ def stages(entries: int, rounds: int) -> str:
     checked = [ingest.check_batch(o, r, limits) for o, r in zip(objs, raw, strict=True)]
     full = [records_of("default", ingest.validate_batch(o, limits)) for o in objs]
     body_entries = [
-        encode_body_entry("default", c.run, c.body)
-        for c in checked
+        encode_body_entry("default", c.run, c.body, wire)
+        for c, wire in zip(checked, bodies, strict=True)
         if isinstance(c, ingest.Checked)
     ]
     rows = [decode_entry_rows(e) for e in body_entries]
@@ -151,7 +152,10 @@ def stages(entries: int, rounds: int) -> str:
         (
             "collector",
             "store the body in a log entry",
-            lambda: [encode_body_entry("default", c.run, c.body) for c in checked],  # type: ignore[union-attr]
+            lambda: [
+                encode_body_entry("default", c.run, c.body, wire)  # type: ignore[union-attr]
+                for c, wire in zip(checked, bodies, strict=True)
+            ],
         ),
         (
             "(thread mode)",

@@ -231,7 +231,8 @@ class Collector:
             if isinstance(batch, ingest.Checked):
                 accepted = batch.count
                 if accepted and isinstance(sink, LocalLogSink):
-                    await sink.publish_body(tenant, batch.run, batch.body)
+                    wire = body if gzipped else None  # kept gzipped, as it came
+                    await sink.publish_body(tenant, batch.run, batch.body, wire)
                 elif accepted and isinstance(sink, KafkaSink):
                     await sink.publish_checked(tenant, batch.run, batch.results)
             else:

@@ -4,7 +4,10 @@ The log is one table of entries ``(offset, data)``; one entry holds the records 
 publish, encoded as ``{"v": 1, "groups": [{"tenant": ..., "run": {...}, "results": [...]}]}``
 (records of one batch share their tenant and run, so the run is written once), or, for a batch
 that passed ``ingest.check_batch`` unchanged, as ``{"v": 2, "tenant": ..., "run": {...},
-"batch": <the request body as sent>}`` (no re-encoding on the ingest path).  The database
+"batch": <the request body as sent>}`` (no re-encoding on the ingest path), or, when that
+body came gzipped, as a header line ``{"v": 3, "tenant": ..., "run": {...}}`` followed by the
+gzip bytes as sent (a tenth of the bytes to write, fsync and keep; the store keeps the entry
+as the batch's results).  The database
 runs in WAL mode with ``synchronous=FULL``: a commit returns once the WAL is fsynced.
 
 One writer thread owns the writes.  Publishes queue their entry and wait; the writer takes
@@ -29,7 +32,13 @@ from typing import Any, Final
 import orjson
 
 from collector_server.sinks import SinkUnavailable
-from collector_server.store.rows import RunRows, rows_of_checked, rows_of_records
+from collector_server.store.rows import (
+    GZIP_ENTRY_PREFIX,
+    RunRows,
+    rows_of_checked,
+    rows_of_records,
+    split_gzip_entry,
+)
 from pytest_testengine.model import (
     OUTCOMES,
     RESULT_FIELDS,
@@ -45,6 +54,7 @@ log = logging.getLogger("testengine.collector.sink")
 
 ENTRY_VERSION: Final = 1
 BODY_ENTRY_VERSION: Final = 2
+GZIP_ENTRY_VERSION: Final = 3  # starts with store.rows.GZIP_ENTRY_PREFIX
 LOG_FILE: Final = "log.db"
 TRUNCATE_EVERY: Final = 256  # entries consumed before the writer deletes them
 MAX_GROUP: Final = 512  # entries committed together at most
@@ -78,9 +88,19 @@ def encode_entry(records: Sequence[Record]) -> bytes:
     return orjson.dumps({"v": ENTRY_VERSION, "groups": groups}, default=_default)
 
 
-def encode_body_entry(tenant: str, run: RunInfo, body: bytes) -> bytes:
+def encode_body_entry(
+    tenant: str, run: RunInfo, body: bytes, gzipped: bytes | None = None
+) -> bytes:
     """An entry that keeps a checked batch body as it is: ``{"v": 2, "tenant": ..., "run":
-    {...validated run...}, "batch": <the body>}`` (the body's own run is not used)."""
+    {...validated run...}, "batch": <the body>}`` (the body's own run is not used); with
+    ``gzipped`` (the body as it came, gzipped), the header line and those bytes."""
+    if gzipped is not None:
+        return b'{"v":%d,"tenant":%s,"run":%s}\n%s' % (
+            GZIP_ENTRY_VERSION,
+            orjson.dumps(tenant),
+            orjson.dumps(run_to_dict(run), default=_default),
+            gzipped,
+        )
     return b'{"v":%d,"tenant":%s,"run":%s,"batch":%s}' % (
         BODY_ENTRY_VERSION,
         orjson.dumps(tenant),
@@ -89,11 +109,19 @@ def encode_body_entry(tenant: str, run: RunInfo, body: bytes) -> bytes:
     )
 
 
+def _entry_object(data: bytes) -> Any:
+    """A log entry as one JSON object (a gzip entry as ``{"v": 3, ..., "batch": <body>}``)."""
+    if data.startswith(GZIP_ENTRY_PREFIX):
+        header, body = split_gzip_entry(data)
+        return {**header, "batch": body}
+    return orjson.loads(data)
+
+
 def decode_entry(data: bytes) -> list[Record]:
     """Records of one log entry; raises ValueError/KeyError/TypeError if it is malformed."""
-    obj = orjson.loads(data)
+    obj = _entry_object(data)
     version = obj.get("v")
-    if version == BODY_ENTRY_VERSION:
+    if version in (BODY_ENTRY_VERSION, GZIP_ENTRY_VERSION):
         groups = [{"tenant": obj["tenant"], "run": obj["run"], "results": obj["batch"]["results"]}]
     elif version == ENTRY_VERSION:
         groups = obj["groups"]
@@ -118,8 +146,8 @@ def decode_entry(data: bytes) -> list[Record]:
 def decode_entry_rows(data: bytes) -> list[RunRows]:
     """The rows of one log entry (what :func:`decode_entry` gives, without a Result or Record
     per result); raises ValueError/KeyError/TypeError if it is malformed."""
-    obj = orjson.loads(data)
-    if obj.get("v") == BODY_ENTRY_VERSION:
+    obj = _entry_object(data)
+    if obj.get("v") in (BODY_ENTRY_VERSION, GZIP_ENTRY_VERSION):
         rows = rows_of_checked(obj["batch"]["results"])  # checked at ingest: every field, typed
         # the entry itself holds the results as they arrived (see store.rows.results_in)
         groups = [RunRows(str(obj["tenant"]), run_from_dict(obj["run"]), rows, data)]
@@ -248,10 +276,13 @@ class LocalLogSink:
         """Whether :meth:`publish_body` may be used (no subscriber needs Record objects)."""
         return not self._need_records
 
-    async def publish_body(self, tenant: str, run: RunInfo, body: bytes) -> None:
-        """Publish a batch checked by ``ingest.check_batch``: its JSON body is the entry's
-        payload as it is (no Record objects; see :attr:`takes_bodies`)."""
-        await self._put(encode_body_entry(tenant, run, body), ())
+    async def publish_body(
+        self, tenant: str, run: RunInfo, body: bytes, gzipped: bytes | None = None
+    ) -> None:
+        """Publish a batch checked by ``ingest.check_batch``: its JSON body (or ``gzipped``,
+        the same body as it came) is the entry's payload as it is (no Record objects; see
+        :attr:`takes_bodies`)."""
+        await self._put(encode_body_entry(tenant, run, body, gzipped), ())
 
     async def start(self) -> None:
         await asyncio.to_thread(self.log.open)

@@ -21,6 +21,8 @@ from typing import Any, Final, Protocol, TypeAlias, runtime_checkable
 
 import orjson
 
+from collector_server.errors import RequestError
+from collector_server.ingest import gunzip
 from pytest_testengine.model import (
     OUTCOMES,
     RESULT_FIELDS,
@@ -50,9 +52,31 @@ class RunRows:
     blob: bytes
 
 
+#: How a log entry that keeps a gzipped request body as it arrived starts: a JSON header line
+#: (``{"v": 3, "tenant": ..., "run": {...}}``), then the gzip bytes (see
+#: ``sinks.local.encode_body_entry``).
+GZIP_ENTRY_PREFIX: Final = b'{"v":3,'
+_TRUSTED_BYTES: Final = 1 << 31  # a body the collector accepted, so gunzipped once already
+
+
+def split_gzip_entry(data: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(header, body) of a log entry starting with :data:`GZIP_ENTRY_PREFIX`; ValueError if
+    it is malformed."""
+    header, _, body = data.partition(b"\n")
+    try:
+        plain = gunzip(body, _TRUSTED_BYTES)
+    except RequestError as exc:  # damaged on disk: it was valid gzip when it was accepted
+        raise ValueError(str(exc)) from exc
+    return orjson.loads(header), orjson.loads(plain)
+
+
 def results_in(blob: bytes) -> list[dict[str, Any]]:
     """The result objects of a :attr:`RunRows.blob`: a JSON array of results, or a body log
-    entry (``{"v": 2, ..., "batch": {"results": [...]}}``) kept as it is."""
+    entry kept as it is (``{"v": 2, ..., "batch": {"results": [...]}}``, or the gzipped
+    body of :data:`GZIP_ENTRY_PREFIX`)."""
+    if blob.startswith(GZIP_ENTRY_PREFIX):
+        gzipped: list[dict[str, Any]] = split_gzip_entry(blob)[1]["results"]
+        return gzipped
     obj = orjson.loads(blob)
     if type(obj) is list:
         return obj

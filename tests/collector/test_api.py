@@ -340,3 +340,24 @@ async def test_results_are_queryable_within_two_seconds_of_the_202(
     page = (await client.get("/v1/suites/default/results", params={"limit": 1000})).json()
     assert len(page["items"]) == 500
     assert time.monotonic() - started < 2.0
+
+
+async def test_a_gzipped_batch_is_kept_gzipped_and_read_back_whole(
+    client: httpx.AsyncClient, app: Starlette, settings: CollectorSettings
+) -> None:
+    sent = batch(300, suite="gz")
+    compressed = encode(body(sent), compress=True)
+    response = await client.post("/v1/results", content=compressed, headers=GZIP_JSON)
+    assert response.status_code == 202
+    plain = await post(client, batch(2, suite="gz"))  # and one sent without gzip
+    assert plain.status_code == 202
+    await caught_up(app)
+    items = (await client.get("/v1/suites/gz/results", params={"limit": 1000})).json()["items"]
+    assert [r["id"] for r in items[:300]] == [r.id for r in sent.results]
+    assert len(items) == 302
+    conn = sqlite3.connect(settings.data_dir / "store.db")
+    blobs = [row[0] for row in conn.execute("SELECT data FROM batches ORDER BY last")]
+    conn.close()
+    assert blobs[0].endswith(compressed)  # the body as it came, after the header line
+    assert blobs[0].startswith(b'{"v":3,')
+    assert blobs[1].startswith(b'{"v":2,')

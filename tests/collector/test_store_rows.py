@@ -3,6 +3,7 @@ statistics kept by the writer (real SQLite files, real log entries)."""
 
 from __future__ import annotations
 
+import gzip
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -36,12 +37,13 @@ from tests.collector.batches import batch, result
 LIMITS = ingest.Limits.from_settings(CollectorSettings())
 
 
-def body_entry(b: Batch, tenant: str = "t") -> bytes:
-    """The log entry the collector writes for a plugin-shaped batch."""
+def body_entry(b: Batch, tenant: str = "t", *, gzipped: bool = False) -> bytes:
+    """The log entry the collector writes for a plugin-shaped batch (sent gzipped or not)."""
     raw = orjson.dumps(batch_to_dict(b), default=dict)
     checked = ingest.check_batch(orjson.loads(raw), raw, LIMITS)
     assert isinstance(checked, ingest.Checked)
-    return encode_body_entry(tenant, checked.run, checked.body)
+    wire = gzip.compress(raw) if gzipped else None
+    return encode_body_entry(tenant, checked.run, checked.body, wire)
 
 
 def answers(store: SqliteStore, tenant: str = "t", suite: str = "default") -> dict[str, Any]:
@@ -58,9 +60,13 @@ def answers(store: SqliteStore, tenant: str = "t", suite: str = "default") -> di
     }
 
 
-def test_body_entry_rows_are_its_results_and_its_bytes_their_blob() -> None:
+@pytest.mark.parametrize("gzipped", [False, True], ids=["plain", "gzipped"])
+def test_body_entry_rows_are_its_results_and_its_bytes_their_blob(gzipped: bool) -> None:
     b = batch(4, message="boom", tags={"a": "1"})
-    entry = body_entry(b)
+    entry = body_entry(b, gzipped=gzipped)
+    assert entry.startswith(b'{"v":3,') is gzipped
+    if gzipped:
+        assert b'"results"' not in entry  # the body stays compressed
     (group,) = decode_entry_rows(entry)
     assert (group.tenant, group.run) == ("t", b.run)
     assert group.rows == [
@@ -94,6 +100,7 @@ def test_record_entries_decode_into_the_same_rows() -> None:
             b'{"v": 2, "tenant": "t", "run": {"run_id": "r"}, "batch": {"results": [{"id": "x"}]}}',
             id="result-missing-fields",
         ),
+        pytest.param(b'{"v":3,"tenant":"t","run":{"run_id":"r"}}\nnot gzip', id="damaged-gzip"),
     ],
 )
 def test_malformed_entry_is_skipped_and_the_next_applied(
