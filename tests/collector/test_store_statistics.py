@@ -79,26 +79,37 @@ os._exit(9)
     assert done.returncode == 9
 
 
+def assert_as_written_at_once(
+    store: SqliteStore, reference: SqliteStore, parts: list[list[Record]]
+) -> None:
+    """``store`` answers what ``reference`` does once ``parts`` are written to it."""
+    for part in parts:
+        reference.write(part)
+    assert answers(store) == answers(reference)
+
+
+def answers_of(path: Path) -> dict[str, Any]:
+    """What the read API answers from the store at ``path``, opened for it."""
+    store = SqliteStore(path, clock=lambda: 1234.0).open()
+    try:
+        return answers(store)
+    finally:
+        store.close()
+
+
 def test_statistics_left_waiting_by_a_crash_are_merged_when_the_store_opens(
     tmp_path: Path, open_store: Any
 ) -> None:
     parts = rounds(many_executions())
     path = tmp_path / "crashed.db"
     crashed_writer(tmp_path, path, parts)
-    reopened = SqliteStore(path, clock=lambda: 1234.0).open()
+    reopened = answers_of(path)
     reference = open_store("reference.db")
-    try:
-        for part in parts:
-            reference.write(part)
-        assert answers(reopened) == answers(reference)
-        assert answers(reopened)["tests"][0]["runs"] == 48
-    finally:
-        reopened.close()
-    reopened = SqliteStore(path, clock=lambda: 1234.0).open()  # and only once
-    try:
-        assert answers(reopened) == answers(reference)
-    finally:
-        reopened.close()
+    for part in parts:
+        reference.write(part)
+    assert reopened == answers(reference)
+    assert reopened["tests"][0]["runs"] == 48
+    assert answers_of(path) == reopened  # and only once
 
 
 def test_a_first_merge_that_fails_is_tried_again_not_dropped(
@@ -120,10 +131,7 @@ def test_a_first_merge_that_fails_is_tried_again_not_dropped(
         for part in parts[3:]:
             writer.write_prepared(writer.prepare(rows_of_records(part)), defer_statistics=True)
         writer.flush_statistics()
-        reference = open_store("reference.db")
-        for part in parts:
-            reference.write(part)
-        assert answers(writer) == answers(reference)
+        assert_as_written_at_once(writer, open_store("reference.db"), parts)
     finally:
         writer.close()
 
@@ -138,11 +146,7 @@ def test_statistics_merged_on_close_are_not_merged_again_when_reopened(
     writer.close()
     with pytest.raises(sqlite3.ProgrammingError, match="open already"):
         reference.open()
-    reopened = SqliteStore(writer.path, clock=lambda: 1234.0).open()
-    try:
-        assert answers(reopened) == answers(reference)
-    finally:
-        reopened.close()
+    assert answers_of(writer.path) == answers(reference)
 
 
 def log_and_stores(
@@ -165,9 +169,7 @@ def test_processor_defers_statistics_while_behind_and_merges_once_caught_up(
         assert store.tests("t", "default", limit=10).items == []  # more waits in the log
         while processor.step():
             pass
-        for part in parts:
-            reference.write(part)
-        assert answers(store) == answers(reference)
+        assert_as_written_at_once(store, reference, parts)
     finally:
         log.close()
 
