@@ -65,7 +65,15 @@ class Converter(Protocol):
 class Poster(Protocol):
     url: str
 
-    def post(self, body: bytes, *, timeout: float | None = None) -> Answer: ...
+    def content(self, body: bytes) -> bytes:
+        """What goes on the wire for ``body`` (compressed, if so)."""
+        ...
+
+    def post(
+        self, body: bytes, *, timeout: float | None = None, content: bytes | None = None
+    ) -> Answer:
+        """Post ``body``, sending ``content`` (``content(body)``) when given."""
+        ...
 
     def close(self) -> None: ...
 
@@ -118,20 +126,22 @@ def deliver(
     poster: Poster,
     body: bytes,
     *,
+    content: bytes | None = None,
     deadline: Callable[[], float],
     policy: Policy,
     clock: Clock,
     sleep: Callable[[float], None] = time.sleep,
     single: bool = False,
 ) -> Answer:
-    """Post ``body`` until delivered, rejected, or the next try would pass ``deadline()``
-    (a time on ``clock``); ``single`` makes one attempt only.  Returns the last answer.
+    """Post ``body`` (as ``content``, if given: see :meth:`Poster.content`) until delivered,
+    rejected, or the next try would pass ``deadline()`` (a time on ``clock``); ``single``
+    makes one attempt only.  Returns the last answer.
 
     ``sleep`` may raise :class:`OutOfTime` to stop waiting (the deadline moved closer)."""
     from pytest_testengine.transport import Retry  # loaded with the poster
 
     def attempt() -> Answer:
-        return poster.post(body, timeout=max(0.05, deadline() - clock.now()))
+        return poster.post(body, timeout=max(0.05, deadline() - clock.now()), content=content)
 
     first = attempt()
     if single or not isinstance(first, Retry):
@@ -160,12 +170,13 @@ def deliver(
 
 
 class Prepared(NamedTuple):
-    """A batch encoded for delivery: its request body (None without a collector) and its
-    output file lines (None without an output file)."""
+    """A batch encoded for delivery: its request body and what goes on the wire for it (None
+    without a collector), and its output file lines (None without an output file)."""
 
     results: list[dict[str, Any]]
     body: bytes | None
     lines: bytes | None
+    content: bytes | None
 
 
 @dataclass(slots=True)
@@ -361,8 +372,13 @@ class Sender:
 
     def _prepare(self, batch: list[dict[str, Any]]) -> Prepared:
         lines = self._output.lines(batch) if self._output is not None else None
-        body = self._encode(batch) if self._poster is not None else None
-        return Prepared(batch, body, lines)
+        poster = self._poster
+        if poster is None:
+            return Prepared(batch, None, lines, None)
+        body = self._encode(batch)
+        # compressed here too: on the sender thread, each time zlib lets go of the GIL and
+        # takes it back costs both threads context switches while a test runs
+        return Prepared(batch, body, lines, poster.content(body))
 
     def _send_outbox(self) -> None:
         outbox = self._outbox
@@ -396,6 +412,7 @@ class Sender:
         answer = deliver(
             self._poster,
             body,
+            content=prepared.content,
             deadline=deadline,
             policy=self.policy,
             clock=self.clock,

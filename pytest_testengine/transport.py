@@ -225,10 +225,19 @@ class Transport:
     def __repr__(self) -> str:
         return f"Transport({self.url!r}, compress={self.compress})"
 
-    def post(self, body: bytes, *, timeout: float | None = None) -> Answer:
-        """Post one JSON batch (``body`` uncompressed) to ``/v1/results``; ``timeout`` caps
-        this attempt."""
-        got = self._request(RESULTS_PATH, body, timeout)
+    def content(self, body: bytes) -> bytes:
+        """What goes on the wire for ``body``: gzip at level 1 (``mtime=0``: zlib writes the
+        header and the checksum itself, in one pass), or the body as it is."""
+        return gzip.compress(body, compresslevel=1, mtime=0) if self.compress else body
+
+    def post(
+        self, body: bytes, *, timeout: float | None = None, content: bytes | None = None
+    ) -> Answer:
+        """Post one JSON batch (``body`` uncompressed; ``content``, if given, is what
+        :meth:`content` makes of it) to ``/v1/results``; ``timeout`` caps this attempt."""
+        if content is None:
+            content = self.content(body)
+        got = self._request(RESULTS_PATH, content, timeout)
         if isinstance(got, Retry):
             return got
         status, headers, data = got
@@ -237,7 +246,7 @@ class Transport:
     def call(self, path: str, payload: object, *, timeout: float | None = None) -> CallAnswer:
         """POST ``payload`` as JSON to ``path`` (the split plan endpoints) and read the JSON
         answer; like :meth:`post`, never raises for a network or HTTP problem."""
-        got = self._request(path, orjson.dumps(payload), timeout)
+        got = self._request(path, self.content(orjson.dumps(payload)), timeout)
         if isinstance(got, Retry):
             return got
         status, headers, data = got
@@ -259,9 +268,8 @@ class Transport:
     # -- one request ------------------------------------------------------------------------
 
     def _request(
-        self, path: str, body: bytes, timeout: float | None
+        self, path: str, content: bytes, timeout: float | None
     ) -> tuple[int, dict[str, str], bytes] | Retry:
-        content = gzip.compress(body, compresslevel=1) if self.compress else body
         limit = self.timeout if timeout is None else max(0.05, min(timeout, self.timeout))
         target = self._base + path
         if self._proxy is not None and not self._https:

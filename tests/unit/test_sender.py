@@ -43,10 +43,18 @@ class FakePoster:
         self.default = default or Delivered(202)
         self.bodies: list[dict[str, Any]] = []
         self.timeouts: list[float | None] = []
+        self.contents: list[bytes | None] = []
         self.closed = False
         self.gate: threading.Event | None = None
 
-    def post(self, body: bytes, *, timeout: float | None = None) -> Answer:
+    def content(self, body: bytes) -> bytes:
+        return b"wire:" + body
+
+    def post(
+        self, body: bytes, *, timeout: float | None = None, content: bytes | None = None
+    ) -> Answer:
+        assert content in (None, b"wire:" + body)  # what content() made of this body
+        self.contents.append(content)
         if self.gate is not None:
             self.gate.wait(10)
         self.bodies.append(orjson.loads(body))
@@ -193,6 +201,7 @@ def test_sends_everything_in_batches_with_the_run_context(tmp_path: Path) -> Non
     assert poster.bodies[0]["schema"] == 1
     assert poster.bodies[0]["run"] == RUN
     assert [r["id"] for b in poster.bodies for r in b["results"]] == [f"id{i}" for i in range(1050)]
+    assert None not in poster.contents  # made with the batch, not by the sender thread
     assert poster.closed
     assert spooled(tmp_path) == []
 

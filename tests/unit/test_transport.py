@@ -141,6 +141,20 @@ def test_posts_gzip_json_with_the_bearer_token_on_one_connection() -> None:
         assert "s3cret" not in repr(transport)
 
 
+def test_content_is_the_same_gzip_for_the_same_body_and_is_sent_as_given() -> None:
+    body = orjson.dumps({"results": [{"n": i} for i in range(100)]})
+    with scripted_server() as server:
+        transport = Transport(server.url, timeout=5.0)
+        try:
+            content = transport.content(body)
+            assert content == transport.content(body)  # no time stamp in the gzip header
+            assert gzip.decompress(content) == body
+            assert transport.post(body, content=content) == Delivered(202, 100)
+        finally:
+            transport.close()
+        assert server.requests[0].raw == content
+
+
 def test_without_compression_and_without_a_token() -> None:
     with scripted_server() as server:
         transport = Transport(server.url, compress=False)
