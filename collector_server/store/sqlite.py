@@ -235,10 +235,7 @@ class SqliteStore:
     def _merge_unmerged(self) -> None:
         """Merge the test statistics of the batches in ``unmerged`` (left by a writer that
         let them wait and stopped before merging them); only with the lock."""
-        conn = self._conn
-        assert conn is not None
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction() as conn:
             self._known.check(conn)
             groups = [
                 RunRows(
@@ -255,13 +252,26 @@ class SqliteStore:
             if groups:
                 merge_tests(conn, prepare(groups, self.clock()).tests, self._known)
                 conn.execute("DELETE FROM unmerged")
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """The writer inside ``BEGIN IMMEDIATE`` ... ``COMMIT``; on any failure rolled back, and
+        the statistics it wrote (``KnownTests``) or let wait (``PendingTests``) forgotten."""
+        conn = self._conn
+        if conn is None:
+            raise sqlite3.ProgrammingError("store is closed")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
             conn.execute("COMMIT")
         except BaseException:
             self._known.rolled_back()
+            self._pending.rolled_back()
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             raise
         self._known.committed()
+        self._pending.committed()
 
     @property
     def statistics_waiting(self) -> bool:
@@ -330,8 +340,7 @@ class SqliteStore:
         statistics of these results wait for a later write, a second at most (see
         ``PendingTests``); every other write merges them, its own and those waiting."""
         with self._write_lock:
-            conn = self._conn
-            if conn is None:
+            if self._conn is None:
                 raise sqlite3.ProgrammingError("store is closed")
             if defer_statistics and self._lock is None:
                 if self._take_lock():  # the first time: what an earlier writer left first
@@ -342,23 +351,13 @@ class SqliteStore:
                         raise
                 else:
                     defer_statistics = False  # another writer lets its statistics wait
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction() as conn:
                 new = apply(conn, write, self._known, self._pending, defer=defer_statistics)
                 if offsets:
                     conn.executemany(
                         "INSERT OR REPLACE INTO offsets (source, position) VALUES (?, ?)",
                         list(offsets.items()),
                     )
-                conn.execute("COMMIT")
-            except BaseException:
-                self._known.rolled_back()
-                self._pending.rolled_back()
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-                raise
-            self._known.committed()
-            self._pending.committed()
             return new
 
     def offsets(self) -> dict[str, int]:
