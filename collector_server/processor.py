@@ -77,7 +77,7 @@ class LocalProcessor:
         self.source = source
         self.on_applied = on_applied
         self.offset = 0  # the last entry whose results are stored
-        self.applied = 0  # ... and whose test statistics are merged too
+        self._merged = 0  # the last entry whose test statistics were merged too
         self.error: str | None = None
         self._handoff: collections.deque[tuple[int, Sequence[Record]]] = collections.deque()
         self._handoff_records = 0
@@ -103,7 +103,7 @@ class LocalProcessor:
                 self.log.last_offset,
             )
             self.offset = 0
-        self.applied = self.offset  # the store merges what a crash left waiting when opened
+        self._merged = self.offset  # the store merges what a crash left waiting when opened
         self.log.mark_consumed(self.offset)
         self._stopping.clear()
         self._drain = True
@@ -149,6 +149,11 @@ class LocalProcessor:
             self._thread = None
 
     @property
+    def applied(self) -> int:
+        """The last entry whose results are stored and whose test statistics are merged."""
+        return self._merged if self.store.statistics_waiting else self.offset
+
+    @property
     def lag(self) -> int:
         """Log entries written but not yet applied."""
         return max(0, self.log.last_offset - self.applied)
@@ -189,8 +194,8 @@ class LocalProcessor:
         applied = batch.last - self.offset
         with self._progress:
             self.offset = batch.last
-            if not self._statistics_waiting():
-                self.applied = batch.last
+            if not self.store.statistics_waiting:
+                self._merged = batch.last
             self._progress.notify_all()
         self.log.mark_consumed(batch.last)
         if self.on_applied is not None:
@@ -201,17 +206,11 @@ class LocalProcessor:
         store = self.store
         return store.prepare(groups) if isinstance(store, SqliteStore) else groups
 
-    def _statistics_waiting(self) -> bool:
-        store = self.store
-        return isinstance(store, SqliteStore) and store.statistics_waiting
-
     def merge_statistics(self) -> None:
         """Merge the test statistics that wait in the store now."""
-        store = self.store
-        if isinstance(store, SqliteStore):
-            store.flush_statistics()
+        self.store.flush_statistics()
         with self._progress:
-            self.applied = self.offset
+            self._merged = self.offset
             self._progress.notify_all()
         if self.on_applied is not None:
             self.on_applied(0, 0)
@@ -267,7 +266,7 @@ class LocalProcessor:
             try:
                 while time.monotonic() < deadline and self.step():
                     pass
-                if self._statistics_waiting():
+                if self.store.statistics_waiting:
                     self.merge_statistics()
             except Exception as exc:
                 log.warning("[testengine] stopped with log entries left to apply: %s", exc)
@@ -286,7 +285,7 @@ class LocalProcessor:
                 self._stopping.wait(self.linger)  # gather more into one transaction
             try:
                 applied = self.step(defer_statistics=True)
-                if not applied and self._statistics_waiting():
+                if not applied and self.store.statistics_waiting:
                     if self._wake.wait(STATISTICS_IDLE):
                         continue  # more came: they wait on
                     self.merge_statistics()
@@ -297,8 +296,4 @@ class LocalProcessor:
                 self._wake.wait(RETRY_WAIT)
                 continue
             if not applied:
-                if self.applied < self.offset and not self._statistics_waiting():
-                    with self._progress:  # merged by someone else (a flush, a due round)
-                        self.applied = self.offset
-                        self._progress.notify_all()
                 self._wake.wait(IDLE_WAIT)

@@ -102,4 +102,12 @@ class Store(Protocol):
     def build(self, tenant: str, suite: str, build_id: str) -> BuildResults:
         """The runs of a CI build and how many of them reported each node id."""
 
+    @property
+    def statistics_waiting(self) -> bool:
+        """Whether test statistics of stored results are not merged yet (a busy writer
+        lets them wait, see ``sqlite_write.PendingTests``)."""
+
+    def flush_statistics(self) -> None:
+        """Merge the test statistics that wait, now."""
+
     def close(self) -> None: ...
