@@ -488,10 +488,10 @@ class SqliteStore:
                 if len(items) == limit:
                     more = True
                     break
-                found = results_in(data)[max(after + 1, first) - first :]
-                found = found[: limit - len(items)]
+                skip = max(after + 1, first) - first  # a cursor inside this batch
+                found = results_in(data)[skip : skip + limit - len(items)]
                 items.extend({**r, "suite": suite, "run_id": run} for r in found)
-                seq = max(after + 1, first) + len(found) - 1
+                seq = first + skip + len(found) - 1
                 if len(items) == limit and seq < last:
                     more = True
                     break
