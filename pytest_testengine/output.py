@@ -34,9 +34,6 @@ class OutputFile:
         self._file = self.path.open("wb")
         self._file.write(orjson.dumps({"schema": SCHEMA_VERSION, "run": self._run}) + b"\n")
 
-    def write(self, results: Iterable[Mapping[str, Any]]) -> None:
-        self.write_lines(self.lines(results))
-
     @staticmethod
     def lines(results: Iterable[Mapping[str, Any]]) -> bytes:
         """The lines of ``results`` (encoded apart from writing, on another thread maybe)."""

@@ -225,6 +225,7 @@ class Sender:
         self._pending: deque[Any] = deque()  # submitted items, not converted yet
         self._ready: deque[dict[str, Any]] = deque()  # results not in a batch yet
         self._outbox: deque[Prepared] = deque()  # full batches, encoded, to deliver
+        self._pending_since = 0.0
         self._oldest = 0.0  # when the oldest item waiting was submitted (about)
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -257,8 +258,10 @@ class Sender:
         context switches at every system call of pytest's output capturing).  What a slow
         test keeps waiting, the sender thread converts and sends when it is due."""
         pending = self._pending
-        if not pending and not self._ready:  # its age counts from now
-            self._oldest = self.clock.now()
+        if not pending:  # its age counts from now
+            self._pending_since = self.clock.now()
+            if not self._ready:
+                self._oldest = self._pending_since
         pending.append(item)
         size = self.policy.batch_size
         if len(pending) >= size:
@@ -266,10 +269,12 @@ class Sender:
                 self._convert()
                 ready = self._ready
                 full = [[ready.popleft() for _ in range(size)] for _ in range(len(ready) // size)]
+                if full:  # what is left came with these items (ready held less than a batch)
+                    self._oldest = self._pending_since
             outbox = self._outbox
             for batch in full:
                 outbox.append(self._prepare(batch))
-            if len(outbox) * size >= self.policy.queue_size:
+            if len(outbox) * size > self.policy.queue_size:
                 self._spill()
             if outbox and not self._wake.is_set():
                 self._wake.set()
@@ -291,7 +296,7 @@ class Sender:
         alive = thread is not None and thread.is_alive()
         self._give_up = True  # from here on, whatever is left goes to the spool
         self._send_outbox()
-        self._ship_all(self._take(final=True))
+        self._drain(final=True)
         if not alive and self._poster is not None:
             self._poster.close()
         if self._output is not None:
@@ -370,8 +375,8 @@ class Sender:
     def _encode(self, results: list[dict[str, Any]]) -> bytes:
         return self._head + orjson.dumps(results) + b"}"
 
-    def _prepare(self, batch: list[dict[str, Any]]) -> Prepared:
-        lines = self._output.lines(batch) if self._output is not None else None
+    def _prepare(self, batch: list[dict[str, Any]], *, output: bool = True) -> Prepared:
+        lines = self._output.lines(batch) if output and self._output is not None else None
         poster = self._poster
         if poster is None:
             return Prepared(batch, None, lines, None)
@@ -439,12 +444,8 @@ class Sender:
             self._count("dropped", len(batch))
 
     def _ship_split(self, first: list[dict[str, Any]], second: list[dict[str, Any]]) -> None:
-        output, self._output = self._output, None  # already written
-        try:
-            self._ship(first)
-            self._ship(second)
-        finally:
-            self._output = output
+        for half in (first, second):  # their lines are already written
+            self._send(self._prepare(half, output=False))
 
     # -- shared -----------------------------------------------------------------------------
 

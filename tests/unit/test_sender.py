@@ -44,10 +44,12 @@ class FakePoster:
         self.bodies: list[dict[str, Any]] = []
         self.timeouts: list[float | None] = []
         self.contents: list[bytes | None] = []
+        self.compressed_on: list[str] = []
         self.closed = False
         self.gate: threading.Event | None = None
 
     def content(self, body: bytes) -> bytes:
+        self.compressed_on.append(threading.current_thread().name)
         return b"wire:" + body
 
     def post(
@@ -201,7 +203,9 @@ def test_sends_everything_in_batches_with_the_run_context(tmp_path: Path) -> Non
     assert poster.bodies[0]["schema"] == 1
     assert poster.bodies[0]["run"] == RUN
     assert [r["id"] for b in poster.bodies for r in b["results"]] == [f"id{i}" for i in range(1050)]
-    assert None not in poster.contents  # made with the batch, not by the sender thread
+    assert None not in poster.contents
+    # the two full batches were compressed by the submitting thread, not the sender thread
+    assert poster.compressed_on[:2] == [threading.current_thread().name] * 2
     assert poster.closed
     assert spooled(tmp_path) == []
 
@@ -536,3 +540,50 @@ def test_results_due_on_the_sender_thread_and_full_batches_on_the_caller_never_c
     sent = [r["id"] for b in poster.bodies for r in b["results"]]
     assert len(sent) == summary.sent == 20_000
     assert set(sent) == {f"id{n}" for n in range(20_000)}
+
+
+def test_a_queue_of_one_batch_spools_nothing_while_the_batch_waits(tmp_path: Path) -> None:
+    sender = make_sender(tmp_path, FakePoster(), batch_size=2, queue_size=2)  # not started
+    sender.submit({"id": "a"})
+    sender.submit({"id": "b"})  # one full batch: the queue holds it, nothing more
+    assert len(sender._outbox) == 1
+    assert spooled(tmp_path) == []
+
+
+class HeldSplit(FakePoster):
+    """Answers 413 to the first batch, and holds the first half of its split until told."""
+
+    def __init__(self) -> None:
+        super().__init__([Rejected(413, "too large", keep=False)])
+        self.splitting, self.release = threading.Event(), threading.Event()
+
+    def post(
+        self, body: bytes, *, timeout: float | None = None, content: bytes | None = None
+    ) -> Answer:
+        answer = super().post(body, timeout=timeout, content=content)
+        if len(self.bodies) == 2:
+            self.splitting.set()
+            self.release.wait(10)
+        return answer
+
+
+def test_lines_of_a_batch_prepared_while_another_is_split_are_written(tmp_path: Path) -> None:
+    out = tmp_path / "results.jsonl"
+    poster = HeldSplit()
+    sender = Sender(
+        run=RUN,
+        poster=poster,
+        spool=Spool(tmp_path / "spool"),
+        output=OutputFile(out, RUN),
+        policy=Policy(batch_size=4, batch_age=60.0, flush_deadline=5.0),
+    )
+    sender.start()
+    for r in results(4):
+        sender.submit(r)  # answered 413, then split in two on the sender thread
+    assert poster.splitting.wait(10)
+    for r in results(4, start=4):
+        sender.submit(r)  # a full batch prepared on this thread meanwhile
+    poster.release.set()
+    summary = sender.close()
+    assert (summary.sent, summary.written) == (8, 8)
+    assert len(out.read_bytes().splitlines()) == 1 + 8  # the run line, then every result

@@ -64,3 +64,35 @@ def test_a_result_after_a_full_batch_counts_from_its_submission(tmp_path: Path) 
     clock.sleep(0.5)
     sender._drain()
     assert sent_ids(poster) == [["2"]]
+
+
+class TeardownsOnly:
+    """A converter like the plugin's: a result per test, finished by its teardown report."""
+
+    def convert(self, items: list[tuple[str, int, float]]) -> list[dict[str, object]]:
+        return [{"id": str(n), "t": t} for when, n, t in items if when == "teardown"]
+
+    def unfinished(self) -> list[dict[str, object]]:
+        return []
+
+
+def test_under_a_steady_stream_no_partial_batch_leaves_before_its_age(tmp_path: Path) -> None:
+    clock, poster = FakeClock(), FakePoster()
+    sender = Sender(
+        run={"run_id": "r"},
+        poster=poster,
+        spool=Spool(tmp_path / "spool"),
+        converter=TeardownsOnly(),
+        policy=Policy(batch_size=500, batch_age=1.0),
+        clock=clock,
+    )
+    for n in range(10_000):  # 1,000 tests a second for 10 s; some skipped (no call report)
+        for when in ("setup", "teardown") if n % 7 == 0 else ("setup", "call", "teardown"):
+            sender.submit((when, n, clock.now()))
+        clock.sleep(0.001)
+        if n % 10 == 0:  # the sender thread looks every 10 ms
+            sender._send_outbox()
+            sender._drain()
+    assert len(poster.bodies) > 10
+    early = [b for b in poster.bodies if len(b["results"]) < 500]
+    assert early == []  # every batch left full: none was due before it filled

@@ -147,7 +147,7 @@ def test_content_is_the_same_gzip_for_the_same_body_and_is_sent_as_given() -> No
         transport = Transport(server.url, timeout=5.0)
         try:
             content = transport.content(body)
-            assert content == transport.content(body)  # no time stamp in the gzip header
+            assert content[4:8] == b"\0\0\0\0"  # no time stamp in the gzip header
             assert gzip.decompress(content) == body
             assert transport.post(body, content=content) == Delivered(202, 100)
         finally:
