@@ -402,3 +402,42 @@ def test_marker_tags_of_classes_params_and_markers_added_at_collection(
         "test_tags.py::test_added": {"origin": "conftest"},
         "test_tags.py::test_none": {},
     }
+
+
+TAGGER_PROBE = """
+def pytest_sessionfinish(session):
+    with open("hooktagger.txt", "w") as out:
+        out.write(str(session.config.pluginmanager.has_plugin("testengine-hook-tagger")))
+"""
+
+
+@pytest.mark.parametrize("implemented", [False, True], ids=["no-hook", "hook"])
+def test_the_tags_hook_is_asked_only_when_a_plugin_implements_it(
+    pytester: pytest.Pytester, implemented: bool
+) -> None:
+    hook = "\ndef pytest_testengine_tags(item):\n    return {'k': 'v'}\n" if implemented else ""
+    pytester.makeconftest(TAGGER_PROBE + hook)
+    pytester.makepyfile("def test_one():\n    pass\n")
+    out = pytester.path / "results.jsonl"
+    run = pytester.runpytest_subprocess(f"--testengine-output={out}", "-p", "no:cacheprovider")
+    run.assert_outcomes(passed=1)
+    assert (pytester.path / "hooktagger.txt").read_text() == str(implemented)
+    (line,) = out.read_bytes().splitlines()[1:]
+    assert orjson.loads(line)["result"]["tags"] == ({"k": "v"} if implemented else {})
+
+
+def test_a_marker_added_while_the_test_runs_is_not_a_tag(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        def test_late(request, testengine_tags):
+            request.node.add_marker(pytest.mark.testengine(late="yes"))
+            testengine_tags(fixture="yes")
+        """
+    )
+    out = pytester.path / "results.jsonl"
+    run = pytester.runpytest_subprocess(f"--testengine-output={out}", "-p", "no:cacheprovider")
+    run.assert_outcomes(passed=1)
+    (line,) = out.read_bytes().splitlines()[1:]
+    assert orjson.loads(line)["result"]["tags"] == {"fixture": "yes"}  # markers: at collection

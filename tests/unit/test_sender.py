@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import threading
 import time
@@ -587,3 +588,26 @@ def test_lines_of_a_batch_prepared_while_another_is_split_are_written(tmp_path: 
     summary = sender.close()
     assert (summary.sent, summary.written) == (8, 8)
     assert len(out.read_bytes().splitlines()) == 1 + 8  # the run line, then every result
+
+
+def test_a_first_attempt_that_is_delivered_does_not_import_the_retry_machinery() -> None:
+    script = (
+        "import sys\n"
+        "from pytest_testengine.sender import Policy, deliver\n"
+        "from pytest_testengine.transport import Delivered\n"
+        "class Poster:\n"
+        "    url = 'http://127.0.0.1:9'\n"
+        "    def post(self, body, *, timeout=None, content=None):\n"
+        "        return Delivered(202, 0)\n"
+        "class Clock:\n"
+        "    def now(self):\n"
+        "        return 0.0\n"
+        "answer = deliver(Poster(), b'{}', deadline=lambda: 10.0, policy=Policy(), clock=Clock())\n"
+        "assert answer == Delivered(202, 0), answer\n"
+        "print('tenacity' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
