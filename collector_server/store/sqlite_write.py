@@ -108,8 +108,12 @@ def insert_rows(
 
 @dataclass(slots=True)
 class PreparedWrite:
-    """A write worked out in Python, before the transaction (see :func:`prepare`); applying
-    it does not change it, so a failed transaction can be retried with it."""
+    """A write worked out in Python, before the transaction (see :func:`prepare`).  A failed
+    transaction can be retried with it: applying it changes nothing in it until it commits.
+    Once its test statistics wait in a store (a deferred write that committed), their deltas
+    are that store's (:class:`PendingTests` takes them over instead of copying them): the
+    write is ``spent``, and applying it again (to any store) prepares it anew from its
+    groups."""
 
     groups: Sequence[RunRows]
     count: int
@@ -119,6 +123,7 @@ class PreparedWrite:
     runs: dict[tuple[str, str, str], _RunDelta]  # by (tenant, suite, run_id)
     builds: list[tuple[Any, ...]]
     suites: dict[tuple[str, str], int]
+    spent: bool = False
 
 
 def prepare(groups: Sequence[RunRows], now: float) -> PreparedWrite:
@@ -204,6 +209,8 @@ def apply(
     with it) and to tell ``known`` and ``pending`` whether it committed."""
     if not write.count and not pending.tests:
         return 0
+    if write.spent:  # its statistics wait in a store, changed since: work them out again
+        write = prepare(write.groups, write.now)
     known.check(conn)
     (last,) = conn.execute("SELECT coalesce(max(seq), 0) FROM results").fetchone()
     if write.count:
@@ -219,7 +226,7 @@ def apply(
     if write.count:
         batches = _write_batches(conn, write.groups, last)
         _write_statistics(conn, write)
-    tests = pending.take(write.tests, write.now, defer=defer, batches=batches)
+    tests = pending.take(write, defer=defer, batches=batches)
     if tests is None:
         conn.executemany("INSERT INTO unmerged (last) VALUES (?)", batches)
     else:
@@ -366,6 +373,11 @@ class PendingTests:
     due, merges them with its own.  The batches whose statistics wait are listed in the
     ``unmerged`` table, so what a crash loses here is merged again from the stored results
     (see ``SqliteStore``: one writer at a time may let statistics wait).
+
+    The deltas in :attr:`tests` are its own: those of a write that waits are taken over
+    when it commits (the write is then spent, see :class:`PreparedWrite`) and later writes
+    are added to them in place; what :meth:`take` hands out to merge shares them, and is
+    not changed.
     """
 
     def __init__(self, delay: float = STATISTICS_DELAY, limit: int = PENDING_TESTS) -> None:
@@ -376,73 +388,89 @@ class PendingTests:
         self.since: float | None = None  # when the oldest of them was written
         #: the ``unmerged`` rows of the batches whose statistics wait here
         self.batches: list[tuple[int]] = []
-        #: what the transaction in progress does: (merged now?, its tests, batches, when)
-        self._after: tuple[bool, Tests, list[tuple[int]], float] | None = None
+        #: what the transaction in progress does: (merged now?, its write, batches)
+        self._after: tuple[bool, PreparedWrite, list[tuple[int]]] | None = None
 
-    def take(
-        self, tests: Tests, now: float, *, defer: bool, batches: list[tuple[int]]
-    ) -> Tests | None:
-        """The statistics to merge in the transaction in progress (those waiting and
-        ``tests``, of ``batches``), or None if ``tests`` can wait too.  Changes nothing
-        until :meth:`committed`."""
-        since = self.since
+    def take(self, write: PreparedWrite, *, defer: bool, batches: list[tuple[int]]) -> Tests | None:
+        """The statistics to merge in the transaction in progress (those waiting and those
+        of ``write``, of ``batches``), or None if those of ``write`` can wait too.  Changes
+        nothing (neither ``write`` nor what waits) until :meth:`committed`."""
+        since, tests = self.since, write.tests
         due = since is not None and (
-            not 0 <= now - since < self.delay or self.size >= self.limit  # or the clock went back
+            not 0 <= write.now - since < self.delay  # or the clock went back
+            or self.size >= self.limit
         )
         if defer and not due:
-            self._after = (False, tests, batches, now)
+            self._after = (False, write, batches)
             return None
-        self._after = (True, tests, batches, now)
+        self._after = (True, write, batches)
         if not self.tests:
             return tests
         merged = {key: dict(stats) for key, stats in self.tests.items()}
-        fold(merged, tests, in_place=False)
+        fold(merged, tests, own=False)
         return merged
 
     def committed(self) -> None:
         after, self._after = self._after, None
         if after is None:
             return
-        merged, tests, batches, now = after
+        merged, write, batches = after
         if merged:
             self.tests, self.size, self.since, self.batches = {}, 0, None, []
             return
-        self.size += fold(self.tests, tests, in_place=True)
+        # the write committed: its deltas are ours to keep and change, not to copy
+        write.spent = True
+        self.size += fold(self.tests, write.tests, own=True)
         self.batches.extend(batches)
         if self.since is None:
-            self.since = now
+            self.since = write.now
 
     def rolled_back(self) -> None:
         self._after = None
 
 
-def fold(into: Tests, tests: Tests, *, in_place: bool) -> int:
+def fold(into: Tests, tests: Tests, *, own: bool) -> int:
     """Add the statistics ``tests`` (of later results) to ``into``; return how many tests
-    were not in it.  The deltas of ``tests`` are never changed; those of ``into`` are, if
-    ``in_place`` (it owns them), else a folded test gets a new one."""
+    were not in it.
+
+    With ``own``, ``into`` owns its deltas (changes them in place) and takes over those of
+    ``tests``, which the caller gives up: nothing may read ``tests`` afterwards (see
+    :meth:`PendingTests.committed`).  Without, no delta of either is changed (a folded test
+    gets a new one) and ``into`` may share those of ``tests``."""
     recent_n = RECENT_DURATIONS
+    index = _OUTCOME_INDEX
     added = 0
     for key, stats in tests.items():
         known = into.get(key)
         if known is None:
-            into[key] = {n: [*d] for n, d in stats.items()} if in_place else dict(stats)
+            into[key] = stats if own else dict(stats)
             added += len(stats)
             continue
         get = known.get
         for nodeid, d in stats.items():
             old = get(nodeid)
             if old is None:
-                known[nodeid] = [*d] if in_place else d  # a delta of its own to change
+                known[nodeid] = d
                 added += 1
                 continue
-            if not in_place:
+            if own:
+                if d[1] == 1:  # one result: its outcome is the last one
+                    old[2][index[d[4]]] += 1
+                else:
+                    old[2] = list(map(add, old[2], d[2]))
+                if d[3]:
+                    durations = old[3]
+                    durations += d[3]
+                    if len(durations) > recent_n:
+                        del durations[:-recent_n]
+            else:
                 old = known[nodeid] = [*old]
+                old[2] = list(map(add, old[2], d[2]))
+                if d[3]:
+                    durations = old[3] + d[3]
+                    old[3] = durations[-recent_n:] if len(durations) > recent_n else durations
             old[0] = d[0]
             old[1] += d[1]
-            old[2] = list(map(add, old[2], d[2]))
-            if d[3]:
-                durations = old[3] + d[3]
-                old[3] = durations[-recent_n:] if len(durations) > recent_n else durations
             if d[5] >= old[5]:
                 old[4] = d[4]
                 old[5] = d[5]

@@ -226,3 +226,47 @@ def test_a_store_opened_beside_a_writer_with_waiting_statistics_counts_them_once
     tests = answers(writer)["tests"]
     assert in_any_order(tests) == in_any_order(answers(reference)["tests"])
     assert tests[0]["runs"] == 48
+
+
+def in_rounds(records: list[Record], size: int) -> list[list[Record]]:
+    return [records[start : start + size] for start in range(0, len(records), size)]
+
+
+@pytest.mark.parametrize("size", [5, 40], ids=["each-test-once-a-write", "each-test-8-times"])
+def test_a_waiting_write_rolled_back_retried_and_applied_again_counts_once(
+    open_store: Any, size: int
+) -> None:
+    store, reference = open_store(), open_store("reference.db")
+    conn = store._conn
+    assert conn is not None
+    parts = in_rounds(many_executions() + many_executions(), size)  # more than 20 durations
+    for n, part in enumerate(parts):
+        work = store.prepare(rows_of_records(part))
+        if n % 3 == 1:  # fails once its statistics were added to those waiting: rolled back
+            conn.execute(
+                "CREATE TEMP TRIGGER no_offsets BEFORE INSERT ON offsets"
+                " BEGIN SELECT RAISE(FAIL, 'disk full'); END"
+            )
+            with pytest.raises(sqlite3.IntegrityError, match="disk full"):
+                store.write_prepared(work, offsets={"local": n}, defer_statistics=True)
+            conn.execute("DROP TRIGGER no_offsets")
+        assert store.write_prepared(work, offsets={"local": n}, defer_statistics=True) == len(part)
+        assert store.write_prepared(work, defer_statistics=True) == 0  # committed: all known
+        reference.write(part)
+        assert store.statistics_waiting
+    store.flush_statistics()
+    assert answers(store) == answers(reference)
+    assert answers(store)["tests"][0]["runs"] == 96
+    assert len(answers(store)["tests"][0]["recent_durations"]) == 20
+
+
+def test_a_write_applied_to_two_stores_counts_once_in_each(open_store: Any) -> None:
+    first, second, reference = open_store(), open_store("second.db"), open_store("reference.db")
+    for part in in_rounds(many_executions(), 5):
+        work = first.prepare(rows_of_records(part))
+        for store in (first, second):  # the first one keeps its statistics waiting
+            assert store.write_prepared(work, defer_statistics=True) == len(part)
+        reference.write(part)
+    for store in (first, second):
+        store.flush_statistics()
+        assert answers(store) == answers(reference)
