@@ -36,7 +36,7 @@ from pytest_testengine.model import OUTCOMES, run_to_dict
 RECENT_DURATIONS: Final = 20
 CHUNK: Final = 500  # parameters per IN (...) query
 ROWS_PER_INSERT: Final = 400  # rows per multi-row INSERT (at most 32766 parameters)
-KNOWN_TESTS: Final = 50_000  # tests statistics kept in memory by the writer (about 30 MB)
+KNOWN_TESTS: Final = 50_000  # tests statistics kept in memory by the writer (about 50 MB)
 STATISTICS_DELAY: Final = 1.0  # seconds test statistics may wait while the writer is behind
 PENDING_TESTS: Final = 50_000  # tests whose statistics may wait (about 20 MB)
 OUTCOME_COLUMNS: Final = tuple(sorted(OUTCOMES))
@@ -313,7 +313,9 @@ class KnownTests:
 
     def __init__(self, limit: int = KNOWN_TESTS) -> None:
         self.limit = limit
-        #: (tenant, suite) -> nodeid -> (runs, counts, durations JSON, last outcome, last seen)
+        #: (tenant, suite) -> nodeid -> (runs, counts, recent durations, last outcome, last
+        #: seen); the durations parsed, so that a merge need not parse them (a tuple: floats
+        #: in tuples are no work for the garbage collector, unlike lists)
         self.rows: dict[tuple[str, str], dict[str, tuple[Any, ...]]] = {}
         self.size = 0
         self._pending: list[tuple[tuple[str, str], dict[str, tuple[Any, ...]]]] = []
@@ -498,7 +500,8 @@ def merge_tests(conn: sqlite3.Connection, tests: Tests, known: KnownTests) -> No
                     f" ({', '.join('?' * len(chunk))})",
                     (tenant, suite, *chunk),
                 ):
-                    stored[row[0]] = (row[1], row[2 : 2 + width], *row[2 + width :])
+                    parsed = tuple(loads(row[2 + width]))
+                    stored[row[0]] = (row[1], row[2 : 2 + width], parsed, *row[3 + width :])
         written: dict[str, tuple[Any, ...]] = {}
         for nodeid, (file, runs, counts, durations, last_outcome, last_seen) in stats.items():
             old = stored.get(nodeid)
@@ -506,13 +509,13 @@ def merge_tests(conn: sqlite3.Connection, tests: Tests, known: KnownTests) -> No
                 runs += old[0]
                 counts = map(add, counts, old[1])
                 if len(durations) < recent_n:
-                    durations = loads(old[2]) + durations
+                    durations = [*old[2], *durations]
                 if old[4] > last_seen:
                     last_outcome, last_seen = old[3], old[4]
             counts = tuple(counts)
             recent = durations[-recent_n:]
             blob = dumps(recent)
-            written[nodeid] = (runs, counts, blob, last_outcome, last_seen)
+            written[nodeid] = (runs, counts, tuple(recent), last_outcome, last_seen)
             extend(
                 (
                     tenant,
