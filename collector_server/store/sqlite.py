@@ -2,8 +2,8 @@
 
 Tables (every key starts with the tenant):
 
-- ``results``: one row per result, unique by (tenant, id), so a redelivered result is stored
-  once; ``seq`` numbers them in the order they were stored.
+- ``results``: one row per result (tenant, id, nodeid), unique by (tenant, id), so a
+  redelivered result is stored once; ``seq`` numbers them in the order they were stored.
 - ``batches``: the results as they arrived, one row per run and write: the blob (a JSON
   array, or the log entry they came in, see ``store.rows.results_in``) holds the results
   ``first`` to ``last`` (their ``seq``), in order.  The read API pages through these.
@@ -82,10 +82,7 @@ CREATE TABLE IF NOT EXISTS results (
     seq INTEGER PRIMARY KEY,
     tenant TEXT NOT NULL,
     id TEXT NOT NULL,
-    nodeid TEXT NOT NULL,
-    outcome TEXT NOT NULL,
-    duration REAL NOT NULL,
-    start REAL NOT NULL
+    nodeid TEXT NOT NULL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS results_id ON results (tenant, id);
 CREATE TABLE IF NOT EXISTS batches (
@@ -154,14 +151,31 @@ DROP INDEX IF EXISTS results_id;
 DROP INDEX IF EXISTS results_suite;
 DROP INDEX IF EXISTS results_run;
 {_SCHEMA}
-INSERT INTO results (seq, tenant, id, nodeid, outcome, duration, start)
-    SELECT seq, tenant, id, nodeid, outcome, duration, start FROM results_before_batches;
+INSERT INTO results (seq, tenant, id, nodeid)
+    SELECT seq, tenant, id, nodeid FROM results_before_batches;
 INSERT INTO batches (last, first, tenant, suite, run_id, data)
     SELECT seq, seq, tenant, suite, run_id, CAST('[' || data || ']' AS BLOB)
     FROM results_before_batches;
 DROP TABLE results_before_batches;
 """
-_MIGRATE_STATEMENTS: Final = [s.strip() for s in _MIGRATE_RESULTS.split(";") if s.strip()]
+#: Stores written before results rows lost their outcome, duration and start (read by nothing:
+#: the batches hold them) get the narrower table, their ``seq`` numbers kept.
+_MIGRATE_RESULT_COLUMNS: Final = f"""
+ALTER TABLE results RENAME TO results_with_outcomes;
+DROP INDEX IF EXISTS results_id;
+{_SCHEMA}
+INSERT INTO results (seq, tenant, id, nodeid)
+    SELECT seq, tenant, id, nodeid FROM results_with_outcomes;
+DROP TABLE results_with_outcomes;
+"""
+
+
+def _statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]
+
+
+_MIGRATE_STATEMENTS: Final = _statements(_MIGRATE_RESULTS)
+_MIGRATE_COLUMN_STATEMENTS: Final = _statements(_MIGRATE_RESULT_COLUMNS)
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -192,9 +206,14 @@ class SqliteStore:
         try:
             conn.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
             conn.execute("BEGIN IMMEDIATE")  # another process may be opening it too
-            if "data" in {row[1] for row in conn.execute("PRAGMA table_info(results)")}:
-                for statement in _MIGRATE_STATEMENTS:
-                    conn.execute(statement)
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(results)")}
+            migrate: list[str] = []
+            if "data" in columns:
+                migrate = _MIGRATE_STATEMENTS
+            elif "outcome" in columns:
+                migrate = _MIGRATE_COLUMN_STATEMENTS
+            for statement in migrate:
+                conn.execute(statement)
             conn.execute("COMMIT")
             conn.executescript(_SCHEMA)
         except BaseException:

@@ -47,8 +47,8 @@ OUTCOME_LIST: Final = ", ".join(OUTCOME_COLUMNS)
 _OUTCOME_MARKS: Final = ", ".join("?" for _ in OUTCOME_COLUMNS)
 _OUTCOME_ADD: Final = ", ".join(f"{o} = {o} + excluded.{o}" for o in OUTCOME_COLUMNS)
 
-_RESULT_COLUMNS: Final = "tenant, id, nodeid, outcome, duration, start"
-_RESULT_WIDTH: Final = 6
+_RESULT_COLUMNS: Final = "tenant, id, nodeid"
+_RESULT_WIDTH: Final = 3
 _INSERT_RESULTS: Final = f"INSERT INTO results ({_RESULT_COLUMNS}) VALUES "
 _INSERT_BATCH: Final = (
     "INSERT INTO batches (last, first, tenant, suite, run_id, data) VALUES (?, ?, ?, ?, ?, ?)"
@@ -168,7 +168,7 @@ def prepare(groups: Sequence[RunRows], now: float) -> PreparedWrite:
         run_counts: list[int] = rd[4]
         started, finished = rd[1], rd[2]
         for id_, nodeid, file, outcome, duration, start, stop in rows:
-            extend((tenant, id_, nodeid, outcome, duration, start))
+            extend((tenant, id_, nodeid))
             i = index[outcome]
             run_counts[i] += 1
             if start and (started is None or start < started):
