@@ -87,11 +87,17 @@ def alternate(
     warmup: int = 1,
     progress: Callable[[str], None] | None = None,
 ) -> Alternated:
-    """Run each candidate once per round, in turn, ``warmup + rounds`` times; keep the
-    measurements (the callables return them) of the last ``rounds`` rounds."""
+    """Run each candidate once per round, ``warmup + rounds`` times; keep the measurements
+    (the callables return them) of the last ``rounds`` rounds.
+
+    Every other round runs the candidates in reverse order (A B C, C B A, A B C, ...): a
+    candidate is not always the one that runs right after another (a collector still busy
+    with the previous run's results, a warm or cold cache), and a slow drift of the machine
+    weighs on every candidate alike over two rounds."""
     out = Alternated(list(candidates), {name: [] for name in candidates})
+    order = list(candidates.items())
     for index in range(warmup + rounds):
-        for name, run in candidates.items():
+        for name, run in order if index % 2 == 0 else order[::-1]:
             value = run()
             if index >= warmup:
                 out.values[name].append(value)

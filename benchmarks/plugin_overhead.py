@@ -7,7 +7,9 @@ Run from the repository root::
 
 Generated suites of trivial tests in 200 files (half plain functions, half one parametrized
 function per file; 1% fail, 2% skipped).  Candidates, run alternately round after round after a
-warm-up round, every one with the same base flags (``-q -p no:cacheprovider``):
+warm-up round (every other round in reverse order; 10 rounds at 5,000 tests, where one run
+takes seconds and the spread of a single pair is several percent), every one with the same
+base flags (``-q -p no:cacheprovider``):
 
 - plain pytest (every results plugin installed here turned off: ``-p no:...``);
 - ``--testengine``, sending to a running ``testengine-collector serve`` (embedded default) on a
@@ -131,7 +133,7 @@ def measure(
     tool_sizes: tuple[int, ...] | None = None,
 ) -> str:
     """One table per size (and per xdist size); the first comparison gets ``warmup`` rounds
-    (the machine is warm for the next ones).  ``rounds`` None: 5 up to 5,000 tests, else 3.
+    (the machine is warm for the next ones).  ``rounds`` None: 10 up to 5,000 tests, else 4.
     The other tools run at ``tool_sizes`` (None: every size)."""
     sections: list[str] = []
     counts: dict[int, int] = {}
@@ -158,7 +160,7 @@ def measure(
                         cpu,
                         tools=tool_sizes is None or size in tool_sizes,
                     ),
-                    rounds=rounds or (5 if size <= 5000 else 3),
+                    rounds=rounds or (10 if size <= 5000 else 4),
                     warmup=warmup if not sections else 0,
                     progress=harness.log,
                 )
