@@ -485,6 +485,8 @@ def merge_tests(conn: sqlite3.Connection, tests: Tests, known: KnownTests) -> No
     width = len(OUTCOME_COLUMNS)
     params: list[Any] = []
     extend = params.extend
+    # orjson hands out its whole buffer (4 KiB at least) as the bytes it returns: thousands of
+    # those held until the insert cost more (fresh memory for each) than copying each out
     loads, dumps = orjson.loads, orjson.dumps
     recent_n = RECENT_DURATIONS
     for key, stats in tests.items():
@@ -514,7 +516,7 @@ def merge_tests(conn: sqlite3.Connection, tests: Tests, known: KnownTests) -> No
                     last_outcome, last_seen = old[3], old[4]
             counts = tuple(counts)
             recent = durations[-recent_n:]
-            blob = dumps(recent)
+            blob = memoryview(dumps(recent)).tobytes()  # a copy of its size
             written[nodeid] = (runs, counts, tuple(recent), last_outcome, last_seen)
             extend(
                 (
