@@ -481,7 +481,8 @@ def fold(into: Tests, tests: Tests, *, own: bool) -> int:
 
 def merge_tests(conn: sqlite3.Connection, tests: Tests, known: KnownTests) -> None:
     """Write the statistics of these tests: their stored rows plus the deltas (which are left
-    as they are)."""
+    as they are).  They are read and written in the order of the table's key, which SQLite
+    finds in far fewer pages than tests in the order they ran."""
     width = len(OUTCOME_COLUMNS)
     params: list[Any] = []
     extend = params.extend
@@ -489,10 +490,12 @@ def merge_tests(conn: sqlite3.Connection, tests: Tests, known: KnownTests) -> No
     # those held until the insert cost more (fresh memory for each) than copying each out
     loads, dumps = orjson.loads, orjson.dumps
     recent_n = RECENT_DURATIONS
-    for key, stats in tests.items():
+    for key in sorted(tests):
         tenant, suite = key
+        stats = tests[key]
+        nodeids = sorted(stats)
         stored = known.rows.get(key, {})
-        missing = [nodeid for nodeid in stats if nodeid not in stored]
+        missing = [nodeid for nodeid in nodeids if nodeid not in stored]
         if missing:
             stored = dict(stored)
             for chunk in chunks(missing):
@@ -505,7 +508,8 @@ def merge_tests(conn: sqlite3.Connection, tests: Tests, known: KnownTests) -> No
                     parsed = tuple(loads(row[2 + width]))
                     stored[row[0]] = (row[1], row[2 : 2 + width], parsed, *row[3 + width :])
         written: dict[str, tuple[Any, ...]] = {}
-        for nodeid, (file, runs, counts, durations, last_outcome, last_seen) in stats.items():
+        for nodeid in nodeids:
+            file, runs, counts, durations, last_outcome, last_seen = stats[nodeid]
             old = stored.get(nodeid)
             if old is not None:
                 runs += old[0]
