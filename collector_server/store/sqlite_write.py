@@ -42,6 +42,10 @@ PENDING_TESTS: Final = 50_000  # tests whose statistics may wait (about 20 MB)
 OUTCOME_COLUMNS: Final = tuple(sorted(OUTCOMES))
 _OUTCOME_INDEX: Final = {o: i for i, o in enumerate(OUTCOME_COLUMNS)}
 _PASSED: Final = _OUTCOME_INDEX["passed"]
+#: the counts of one result of each outcome
+_ONE_OF: Final = tuple(
+    tuple(int(i == j) for j in range(len(OUTCOME_COLUMNS))) for i in range(len(OUTCOME_COLUMNS))
+)
 
 OUTCOME_LIST: Final = ", ".join(OUTCOME_COLUMNS)
 _OUTCOME_MARKS: Final = ", ".join("?" for _ in OUTCOME_COLUMNS)
@@ -77,9 +81,11 @@ _UPSERT_SUITE: Final = (
     " last_seen = excluded.last_seen, results = results + excluded.results"
 )
 
-#: A test's statistics in a write: [file, runs, counts by outcome (a list in OUTCOME_COLUMNS
-#: order), passing durations oldest first, last outcome, last seen].
+#: A test's statistics in a write: [file, runs, passing durations oldest first, last outcome,
+#: last seen, then its count of each outcome in OUTCOME_COLUMNS order] (the counts inline:
+#: one list less per test to allocate and for the garbage collector to visit).
 _Delta = list[Any]
+_COUNTS: Final = 5  # where a delta's counts start
 #: A run's counts in a write: [info (JSON), started, finished, total, counts by outcome].
 _RunDelta = list[Any]
 
@@ -132,6 +138,7 @@ def prepare(groups: Sequence[RunRows], now: float) -> PreparedWrite:
     index = _OUTCOME_INDEX
     passed = _PASSED
     width = len(OUTCOME_COLUMNS)
+    ones = _ONE_OF
     params: list[Any] = []
     extend = params.extend
     count = 0
@@ -178,17 +185,16 @@ def prepare(groups: Sequence[RunRows], now: float) -> PreparedWrite:
             seen = stop or now
             d = stats.get(nodeid)
             if d is None:
-                counts = [0] * width
-                counts[i] = 1
-                stats[nodeid] = [file, 1, counts, [duration] if i == passed else [], outcome, seen]
+                durations = [duration] if i == passed else []
+                stats[nodeid] = [file, 1, durations, outcome, seen, *ones[i]]
                 continue
             d[1] += 1
-            d[2][i] += 1
+            d[_COUNTS + i] += 1
             if i == passed:
-                d[3].append(duration)
-            if seen >= d[5]:
-                d[4] = outcome
-                d[5] = seen
+                d[2].append(duration)
+            if seen >= d[4]:
+                d[3] = outcome
+                d[4] = seen
         rd[1], rd[2] = started, finished
         rd[3] += len(rows)
     return PreparedWrite(groups, count, now, params, tests, runs, builds, suites)
@@ -456,26 +462,25 @@ def fold(into: Tests, tests: Tests, *, own: bool) -> int:
                 added += 1
                 continue
             if own:
-                if d[1] == 1:  # one result: its outcome is the last one
-                    old[2][index[d[4]]] += 1
-                else:
-                    old[2] = list(map(add, old[2], d[2]))
-                if d[3]:
-                    durations = old[3]
-                    durations += d[3]
+                if d[2]:
+                    durations = old[2]
+                    durations += d[2]
                     if len(durations) > recent_n:
                         del durations[:-recent_n]
             else:
-                old = known[nodeid] = [*old]
-                old[2] = list(map(add, old[2], d[2]))
-                if d[3]:
-                    durations = old[3] + d[3]
-                    old[3] = durations[-recent_n:] if len(durations) > recent_n else durations
+                old = known[nodeid] = [*old]  # its counts with it; its durations are shared
+                if d[2]:
+                    durations = old[2] + d[2]
+                    old[2] = durations[-recent_n:] if len(durations) > recent_n else durations
+            if d[1] == 1:  # one result: its outcome is the last one
+                old[_COUNTS + index[d[3]]] += 1
+            else:
+                old[_COUNTS:] = map(add, old[_COUNTS:], d[_COUNTS:])
             old[0] = d[0]
             old[1] += d[1]
-            if d[5] >= old[5]:
+            if d[4] >= old[4]:
+                old[3] = d[3]
                 old[4] = d[4]
-                old[5] = d[5]
     return added
 
 
@@ -509,16 +514,18 @@ def merge_tests(conn: sqlite3.Connection, tests: Tests, known: KnownTests) -> No
                     stored[row[0]] = (row[1], row[2 : 2 + width], parsed, *row[3 + width :])
         written: dict[str, tuple[Any, ...]] = {}
         for nodeid in nodeids:
-            file, runs, counts, durations, last_outcome, last_seen = stats[nodeid]
+            d = stats[nodeid]
+            runs, durations, last_outcome, last_seen = d[1], d[2], d[3], d[4]
             old = stored.get(nodeid)
-            if old is not None:
+            if old is None:
+                counts = tuple(d[_COUNTS:])
+            else:
                 runs += old[0]
-                counts = map(add, counts, old[1])
+                counts = tuple(map(add, d[_COUNTS:], old[1]))
                 if len(durations) < recent_n:
                     durations = [*old[2], *durations]
                 if old[4] > last_seen:
                     last_outcome, last_seen = old[3], old[4]
-            counts = tuple(counts)
             recent = durations[-recent_n:]
             blob = memoryview(dumps(recent)).tobytes()  # a copy of its size
             written[nodeid] = (runs, counts, tuple(recent), last_outcome, last_seen)
@@ -527,7 +534,7 @@ def merge_tests(conn: sqlite3.Connection, tests: Tests, known: KnownTests) -> No
                     tenant,
                     suite,
                     nodeid,
-                    file,
+                    d[0],
                     runs,
                     *counts,
                     blob,
