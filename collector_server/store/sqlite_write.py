@@ -81,9 +81,10 @@ _UPSERT_SUITE: Final = (
     " last_seen = excluded.last_seen, results = results + excluded.results"
 )
 
-#: A test's statistics in a write: [file, runs, passing durations oldest first, last outcome,
-#: last seen, then its count of each outcome in OUTCOME_COLUMNS order] (the counts inline:
-#: one list less per test to allocate and for the garbage collector to visit).
+#: A test's statistics in a write: [file, runs, its last RECENT_DURATIONS passing durations
+#: oldest first (a tuple), last outcome, last seen, then its count of each outcome in
+#: OUTCOME_COLUMNS order].  One list per test: the counts are inline and the durations a
+#: tuple of floats, which the garbage collector stops visiting once it has seen it.
 _Delta = list[Any]
 _COUNTS: Final = 5  # where a delta's counts start
 #: A run's counts in a write: [info (JSON), started, finished, total, counts by outcome].
@@ -139,6 +140,7 @@ def prepare(groups: Sequence[RunRows], now: float) -> PreparedWrite:
     passed = _PASSED
     width = len(OUTCOME_COLUMNS)
     ones = _ONE_OF
+    recent_n = RECENT_DURATIONS
     params: list[Any] = []
     extend = params.extend
     count = 0
@@ -185,13 +187,13 @@ def prepare(groups: Sequence[RunRows], now: float) -> PreparedWrite:
             seen = stop or now
             d = stats.get(nodeid)
             if d is None:
-                durations = [duration] if i == passed else []
+                durations = (duration,) if i == passed else ()
                 stats[nodeid] = [file, 1, durations, outcome, seen, *ones[i]]
                 continue
             d[1] += 1
             d[_COUNTS + i] += 1
             if i == passed:
-                d[2].append(duration)
+                d[2] = (*d[2][1 - recent_n :], duration)
             if seen >= d[4]:
                 d[3] = outcome
                 d[4] = seen
@@ -358,7 +360,7 @@ class KnownTests:
         self._pending.clear()
 
 
-def _median(values: list[float]) -> float | None:
+def _median(values: Sequence[float]) -> float | None:
     """``statistics.median``, or None for no values."""
     n = len(values)
     if n < 2:
@@ -461,17 +463,11 @@ def fold(into: Tests, tests: Tests, *, own: bool) -> int:
                 known[nodeid] = d
                 added += 1
                 continue
-            if own:
-                if d[2]:
-                    durations = old[2]
-                    durations += d[2]
-                    if len(durations) > recent_n:
-                        del durations[:-recent_n]
-            else:
-                old = known[nodeid] = [*old]  # its counts with it; its durations are shared
-                if d[2]:
-                    durations = old[2] + d[2]
-                    old[2] = durations[-recent_n:] if len(durations) > recent_n else durations
+            if not own:
+                old = known[nodeid] = [*old]
+            if d[2]:
+                durations = old[2] + d[2]
+                old[2] = durations[-recent_n:] if len(durations) > recent_n else durations
             if d[1] == 1:  # one result: its outcome is the last one
                 old[_COUNTS + index[d[3]]] += 1
             else:
@@ -523,12 +519,12 @@ def merge_tests(conn: sqlite3.Connection, tests: Tests, known: KnownTests) -> No
                 runs += old[0]
                 counts = tuple(map(add, d[_COUNTS:], old[1]))
                 if len(durations) < recent_n:
-                    durations = [*old[2], *durations]
+                    durations = old[2] + durations
                 if old[4] > last_seen:
                     last_outcome, last_seen = old[3], old[4]
             recent = durations[-recent_n:]
             blob = memoryview(dumps(recent)).tobytes()  # a copy of its size
-            written[nodeid] = (runs, counts, tuple(recent), last_outcome, last_seen)
+            written[nodeid] = (runs, counts, recent, last_outcome, last_seen)
             extend(
                 (
                     tenant,

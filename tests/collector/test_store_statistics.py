@@ -17,6 +17,7 @@ from collector_server.sinks.local import LocalLog, encode_entry
 from collector_server.store.rows import rows_of_records
 from collector_server.store.sqlite import SqliteStore
 from pytest_testengine.model import Record
+from tests.collector.batches import batch, result
 from tests.collector.test_store_rows import answers, many_executions
 
 ROUND = 40  # results per write
@@ -270,3 +271,18 @@ def test_a_write_applied_to_two_stores_counts_once_in_each(open_store: Any) -> N
     for store in (first, second):
         store.flush_statistics()
         assert answers(store) == answers(reference)
+
+
+@pytest.mark.parametrize("defer", [False, True], ids=["merged-at-once", "waiting"])
+def test_a_test_run_more_often_than_the_recent_durations_in_one_write_keeps_the_last(
+    open_store: Any, defer: bool
+) -> None:
+    store = open_store()
+    b = batch(0)
+    runs = [Record("t", b.run, result(0, duration=float(n))) for n in range(35)]
+    for part in (runs[:30], runs[30:32], runs[32:]):
+        store.write_prepared(store.prepare(rows_of_records(part)), defer_statistics=defer)
+    store.flush_statistics()
+    (test,) = store.tests("t", b.run.suite, limit=10).items
+    assert test["runs"] == 35
+    assert test["recent_durations"] == [float(n) for n in range(15, 35)]
