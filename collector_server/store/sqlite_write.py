@@ -468,8 +468,9 @@ def fold(into: Tests, tests: Tests, *, own: bool) -> int:
             if d[2]:
                 durations = old[2] + d[2]
                 old[2] = durations[-recent_n:] if len(durations) > recent_n else durations
-            if d[1] == 1:  # one result: its outcome is the last one
-                old[_COUNTS + index[d[3]]] += 1
+            i = _COUNTS + index[d[3]]
+            if d[i] == d[1]:  # every result had the last outcome (one result, or stable)
+                old[i] += d[1]
             else:
                 old[_COUNTS:] = map(add, old[_COUNTS:], d[_COUNTS:])
             old[0] = d[0]
@@ -491,6 +492,7 @@ def merge_tests(conn: sqlite3.Connection, tests: Tests, known: KnownTests) -> No
     # those held until the insert cost more (fresh memory for each) than copying each out
     loads, dumps = orjson.loads, orjson.dumps
     recent_n = RECENT_DURATIONS
+    index = _OUTCOME_INDEX
     for key in sorted(tests):
         tenant, suite = key
         stats = tests[key]
@@ -517,7 +519,13 @@ def merge_tests(conn: sqlite3.Connection, tests: Tests, known: KnownTests) -> No
                 counts = tuple(d[_COUNTS:])
             else:
                 runs += old[0]
-                counts = tuple(map(add, d[_COUNTS:], old[1]))
+                i = index[d[3]]
+                if d[_COUNTS + i] == d[1]:  # every result had the last outcome
+                    added = list(old[1])
+                    added[i] += d[1]
+                    counts = tuple(added)
+                else:
+                    counts = tuple(map(add, d[_COUNTS:], old[1]))
                 if len(durations) < recent_n:
                     durations = old[2] + durations
                 if old[4] > last_seen:
