@@ -193,7 +193,7 @@ def prepare(groups: Sequence[RunRows], now: float) -> PreparedWrite:
             d[1] += 1
             d[_COUNTS + i] += 1
             if i == passed:
-                d[2] = (*d[2][1 - recent_n :], duration)
+                d[2] = (*d[2], duration)[-recent_n:]
             if seen >= d[4]:
                 d[3] = outcome
                 d[4] = seen
