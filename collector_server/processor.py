@@ -116,11 +116,13 @@ class LocalProcessor:
 
     def on_commit(self, first: int, batches: list[Sequence[Record]]) -> None:
         """Sink callback: these records are durable at offsets first, first + 1, ...; keep
-        them to apply without reading the log back (bounded; the log is the fallback)."""
+        them to apply without reading the log back (bounded; the log is the fallback).  An
+        entry without records (a body, see ``LocalLogSink.publish_body``) is read from the
+        log: it is not handed over."""
         count = sum(len(b) for b in batches)
         with self._handoff_lock:
             if self._handoff_records + count <= HANDOFF_RECORDS:
-                self._handoff.extend(enumerate(batches, start=first))
+                self._handoff.extend((o, b) for o, b in enumerate(batches, start=first) if b)
                 self._handoff_records += count
         self._wake.set()
 
