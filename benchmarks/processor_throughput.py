@@ -20,7 +20,6 @@ and the time until it has caught up is measured.  Two ways, alternately:
 from __future__ import annotations
 
 import argparse
-import gc
 import gzip
 import sys
 import time
@@ -35,7 +34,7 @@ import loadgen
 import orjson
 
 from collector_server import ingest
-from collector_server.processor import LocalProcessor
+from collector_server.processor import LocalProcessor, settle_gc
 from collector_server.settings import CollectorSettings
 from collector_server.sinks.local import (
     LocalLog,
@@ -67,11 +66,10 @@ def batches(entries: int) -> tuple[list[list[Record]], list[bytes]]:
 
 
 def _freeze() -> None:
-    """Keep the inputs built so far out of the garbage collector's way: the processor's own
-    process does not hold 100,000 results beside what it works on, and every full
-    collection would walk them."""
-    gc.collect()
-    gc.freeze()
+    """Set the garbage collector as the processor's own process does (``settle_gc``), which
+    also keeps the inputs built so far out of its way: that process does not hold 100,000
+    results beside what it works on, and every full collection would walk them."""
+    settle_gc()
 
 
 def apply_once(records: Sequence[list[Record]], bodies: Sequence[bytes], handed: bool) -> float:

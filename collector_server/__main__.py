@@ -194,6 +194,7 @@ def serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 def process(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     """Consume the results topic into the store in the data directory until SIGTERM/SIGINT."""
     from collector_server.consumer import ConsumerError, processor_consumer
+    from collector_server.processor import settle_gc
     from collector_server.store.sqlite import STORE_FILE, SqliteStore
 
     settings = resolve(vars(args), environ)
@@ -225,6 +226,7 @@ def process(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             f"{settings.data_dir})",
             flush=True,
         )
+        settle_gc()
         consumer.run(stop)
     except ConsumerError as exc:
         print(str(exc), file=sys.stderr)

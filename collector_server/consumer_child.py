@@ -36,6 +36,7 @@ import orjson
 
 from collector_server.consumer import ConsumerError, ResultConsumer, processor_consumer
 from collector_server.kafka_metrics import KafkaMetrics
+from collector_server.processor import settle_gc
 from collector_server.settings import PROCESS_SETTINGS, CollectorSettings, python_level
 from collector_server.store.sqlite import STORE_FILE, SqliteStore
 
@@ -266,6 +267,7 @@ def run_child(settings: CollectorSettings) -> int:
     try:
         consumer.on_applied = lambda *_: reporter.send()
         consumer.start()
+        settle_gc()
         reporter.send()
         consumer.run(stop)  # its retry pauses end as soon as stop is set
     except ConsumerError as exc:

@@ -29,7 +29,6 @@ messages are best effort (dropped when the pipe is full: the child polls the log
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import os
 import signal
@@ -43,7 +42,7 @@ from typing import IO, Any, Final
 
 import orjson
 
-from collector_server.processor import LocalProcessor
+from collector_server.processor import LocalProcessor, settle_gc
 from collector_server.sinks.local import LocalLog
 from collector_server.store.sqlite import SqliteStore
 from pytest_testengine.model import Record
@@ -256,8 +255,7 @@ def run_child(log_path: Path, store_path: Path, batch_records: int, linger: floa
     processor = LocalProcessor(log_, store, batch_records=batch_records, linger=linger)
     reporter = _Reporter(processor, sys.stdout.buffer)
     processor.on_applied = reporter.send
-    gc.collect()
-    gc.freeze()  # what start-up built lives as long as the process: no collection walks it
+    settle_gc()
     processor.start()
     reporter.send()  # the starting offset: the collector is waiting for it
     done = threading.Event()
