@@ -139,6 +139,7 @@ async def _serve(settings: CollectorSettings) -> int:
     import uvicorn
 
     from collector_server.app import create_app
+    from collector_server.processor import settle_gc
 
     config = uvicorn.Config(
         create_app(settings),
@@ -155,6 +156,7 @@ async def _serve(settings: CollectorSettings) -> int:
     while not server.started and not task.done():
         await asyncio.wait({task}, timeout=STARTUP_POLL)
     if server.started:
+        settle_gc()
         port = settings.port
         for listener in server.servers:
             for sock in listener.sockets:

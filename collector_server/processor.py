@@ -47,21 +47,21 @@ RETRY_WAIT: Final = 1.0  # seconds before retrying a failed store write
 DRAIN_TIME: Final = 10.0  # seconds a stopping processor keeps applying what is left
 HANDOFF_RECORDS: Final = 200_000  # records held in memory from the sink; beyond, read the log
 STATISTICS_IDLE: Final = 0.05  # seconds without a new entry before waiting ones are merged
-#: Garbage collector thresholds of a process that applies results (see :func:`settle_gc`).
+#: Garbage collector thresholds of a collector process (see :func:`settle_gc`).
 GC_THRESHOLDS: Final = (100_000, 10, 10)
 
 
 def settle_gc() -> None:
-    """Set the garbage collector of a process whose work is applying results (the processor
-    process, ``testengine-collector process``), once it has started.
+    """Set the garbage collector of a collector process once it has started (``serve``, the
+    processor process, ``process`` and its child).
 
     What start-up built lives as long as the process, so it is frozen out of every
-    collection.  Applying results allocates a dict per result and a few objects per test,
-    nearly all freed by reference counting; with Python's default thresholds (700 allocations)
-    the collector runs a young collection every few results and a full one every few
-    thousand, and they free next to nothing: about a seventh of the processor's time.  A
-    young collection every 100,000 allocations keeps the cost of the rare reference cycle
-    bounded (a few MB at most) for a fraction of it."""
+    collection.  Checking and applying results allocates a dict per result and a few objects
+    per test, nearly all freed by reference counting; with Python's default thresholds (700
+    allocations) a young collection ran every few results and a full one every few thousand,
+    and they freed next to nothing: about a seventh of the processor's time, a tenth of
+    ingest's.  A young collection every 100,000 allocations keeps what a rare reference
+    cycle holds bounded (a few MB at most) for a fraction of that."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)

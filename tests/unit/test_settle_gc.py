@@ -1,4 +1,4 @@
-"""The garbage collector settings of a process that applies results."""
+"""The garbage collector settings of the collector's processes."""
 
 from __future__ import annotations
 
@@ -31,5 +31,5 @@ def test_processes_that_apply_results_settle_their_collector() -> None:
     from collector_server import __main__ as cli
     from collector_server import consumer_child, processor_child
 
-    for function in (processor_child.run_child, consumer_child.run_child, cli.process):
+    for function in (processor_child.run_child, consumer_child.run_child, cli.process, cli._serve):
         assert "settle_gc()" in inspect.getsource(function), function.__qualname__
