@@ -27,6 +27,7 @@ committed an offset, the local log may drop the entries before it.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
 import os
@@ -67,6 +68,9 @@ T = TypeVar("T")
 
 STORE_FILE: Final = "store.db"
 WRITER_CACHE_KIB: Final = 65_536  # page cache of the writer (SQLite's default: 2 MiB)
+#: Batches a results page ended inside, kept decoded for the next page (see
+#: :meth:`SqliteStore.results`); about 1 MB each.
+OPEN_PAGES: Final = 8
 __all__ = ["RECENT_DURATIONS", "STORE_FILE", "SqliteStore"]
 
 _SCHEMA: Final = f"""
@@ -197,6 +201,12 @@ class SqliteStore:
         self._known = KnownTests()
         self._pending = PendingTests()
         self._lock: int | None = None  # the descriptor of store.db.lock while we hold it
+        #: ``last`` of a batch -> its results, for batches a page ended inside (a stored batch
+        #: never changes, and ``last`` numbers one batch for good)
+        self._open_pages: collections.OrderedDict[int, list[dict[str, Any]]] = (
+            collections.OrderedDict()
+        )
+        self._pages_lock = threading.Lock()
 
     def open(self) -> SqliteStore:
         if self._conn is not None:
@@ -508,13 +518,33 @@ class SqliteStore:
                     more = True
                     break
                 skip = max(after + 1, first) - first  # a cursor inside this batch
-                found = results_in(data)[skip : skip + limit - len(items)]
+                results = self._batch_results(last, data, inside=skip > 0)
+                found = results[skip : skip + limit - len(items)]
                 items.extend({**r, "suite": suite, "run_id": run} for r in found)
                 seq = first + skip + len(found) - 1
                 if len(items) == limit and seq < last:
+                    self._keep_page(last, results)  # the next page starts in this batch
                     more = True
                     break
         return Page(items, encode_cursor("results", seq) if more else None)
+
+    def _batch_results(self, last: int, data: bytes, *, inside: bool) -> list[dict[str, Any]]:
+        """The results of a batch; one that a page started inside was likely kept decoded
+        by the page before (paging through a batch with a small limit would otherwise
+        decode it once per page)."""
+        if inside:
+            with self._pages_lock:
+                kept = self._open_pages.get(last)
+            if kept is not None:
+                return kept
+        return results_in(data)
+
+    def _keep_page(self, last: int, results: list[dict[str, Any]]) -> None:
+        with self._pages_lock:
+            self._open_pages[last] = results
+            self._open_pages.move_to_end(last)
+            while len(self._open_pages) > OPEN_PAGES:
+                self._open_pages.popitem(last=False)
 
     def durations(self, tenant: str, suite: str) -> dict[str, float]:
         with self._reading() as conn:

@@ -129,3 +129,32 @@ def test_paging_and_cursors(store: SqliteStore) -> None:
         store.results("t", "a", limit=2, cursor=tests_page.next_cursor)
     with pytest.raises(InvalidCursor):
         store.runs("t", "a", limit=2, cursor="%%%")
+
+
+def test_paging_through_a_batch_decodes_it_once(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from collector_server.store import sqlite as sqlite_module
+
+    store.write(records_of("t", batch(60)))  # one batch of 60
+    store.write(records_of("t", batch(30)))  # and one of 30
+    everything = store.results("t", "default", limit=1000).items
+    decoded: list[int] = []
+    real = sqlite_module.results_in
+
+    def counting(data: bytes) -> list[dict[str, object]]:
+        found = real(data)
+        decoded.append(len(found))
+        return found
+
+    monkeypatch.setattr(sqlite_module, "results_in", counting)
+    items: list[dict[str, object]] = []
+    cursor = None
+    for _ in range(100):
+        page = store.results("t", "default", limit=7, cursor=cursor)
+        items += page.items
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert items == everything  # the same results, in order, none twice
+    assert sorted(decoded) == [30, 60]  # each batch decoded once, not once per page
