@@ -293,3 +293,25 @@ def test_a_value_whose_run_tags_are_not_an_object_is_a_problem_not_a_crash(tags:
     assert problem
     assert problems == [(0, problem)]
     assert [row[0] for g in groups for row in g.rows] == [r.result.id for r in records[1:4]]
+
+
+@pytest.mark.parametrize("field", ["setup", "call", "teardown", "duration", "start", "stop"])
+@pytest.mark.parametrize("value", ["1.5", True, None], ids=["string", "bool", "null"])
+def test_a_value_with_a_time_that_is_not_a_number_is_decided_by_the_slow_path(
+    field: str, value: Any
+) -> None:
+    records = many_executions()
+    odd = orjson.loads(encode_record(records[0]))
+    odd["result"][field] = value
+    values: list[bytes | None] = [orjson.dumps(odd), encode_record(records[1])]
+    groups, problems = rows_of_values(values, decode_message)
+    record, problem = decode_message(values[0])
+    if record is None:
+        assert problems == [(0, problem)]
+    else:  # accepted the way decode_message reads it
+        assert problems == []
+        assert groups[0].rows[0][4:] == (
+            record.result.duration,
+            record.result.start,
+            record.result.stop,
+        )
