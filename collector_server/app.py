@@ -245,6 +245,7 @@ class Collector:
                 self.metrics.results_rejected.labels(exc.code).inc(exc.results)
             return error_response(exc)
         except SinkUnavailable as exc:
+            exc.__traceback__ = None  # it came through a future: see error_response
             self.metrics.batches_rejected.labels("sink_unavailable").inc()
             retry = max(1, round(exc.retry_after or self.settings.retry_after))
             return json_response(

@@ -19,6 +19,12 @@ def json_response(
 
 
 def error_response(error: RequestError) -> Response:
-    """``{"error": {...}}`` with the error's status (401 says which scheme to use)."""
+    """``{"error": {...}}`` with the error's status (401 says which scheme to use).
+
+    The error lets go of its traceback: one raised in a worker thread (a large body is
+    decoded there) came back through a future that the traceback refers to, a reference cycle
+    that would keep the request's body and what was decoded of it until the garbage collector
+    runs, which the collector's processes do seldom (see ``processor.settle_gc``)."""
+    error.__traceback__ = None
     headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
     return json_response(error.to_dict(), error.status, headers)
