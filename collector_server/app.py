@@ -105,9 +105,8 @@ class Parts:
                     on_applied=metrics.on_applied,
                 )
             await run_in_threadpool(self.processor.start)
-            self.sink.subscribe(
-                self.processor.on_commit, records=isinstance(self.processor, LocalProcessor)
-            )
+            # both read checked bodies from the log: no Result objects on the ingest path
+            self.sink.subscribe(self.processor.on_commit, records=False)
             metrics.watch_lag(lambda: self.processor.lag if self.processor else 0)
         self.started = True
 
