@@ -12,9 +12,10 @@ and the time until it has caught up is measured.  Two ways, alternately:
 
 - *from the log*: the processor reads and decodes the entries the collector writes for
   checked batches (their bodies as sent): what the processor process does (the default),
-  and the thread mode after a restart or when it lags by more than it holds in memory;
+  and the thread mode too (both read the log);
 - *handed over*: the entries reach it the way the log writer hands them over after each
-  commit, already decoded into records (the thread mode's normal path).
+  commit, already decoded into records (a sink subscriber that takes records: the thread
+  mode before it read bodies from the log, batches not shaped as the plugin sends them).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ BATCH = 500
 
 
 def batches(entries: int) -> tuple[list[list[Record]], list[bytes]]:
-    """The same batches as records (the thread mode's handoff) and as the log entries the
+    """The same batches as records (the in-memory handoff) and as the log entries the
     collector writes for them (checked bodies, what the processor process reads)."""
     limits = ingest.Limits.from_settings(CollectorSettings())
     records, bodies = [], []
@@ -156,12 +157,12 @@ def stages(entries: int, rounds: int) -> str:
             ],
         ),
         (
-            "(thread mode)",
+            "(records)",
             "validate into Result objects",
             lambda: [records_of("default", ingest.validate_batch(o, limits)) for o in objs],
         ),
         (
-            "(thread mode)",
+            "(records)",
             "encode records into a log entry",
             lambda: [encode_entry(r) for r in full],
         ),
