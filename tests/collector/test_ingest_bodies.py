@@ -13,10 +13,10 @@ from collector_server import ingest
 from collector_server.app import create_app
 from collector_server.errors import IngestError
 from collector_server.settings import CollectorSettings
-from collector_server.sinks.local import decode_entry, encode_body_entry
+from collector_server.sinks.local import LocalLogSink, decode_entry, encode_body_entry
 from pytest_testengine.model import records_of
 from tests.collector.batches import JSON, batch, body, encode
-from tests.collector.conftest import caught_up, serving
+from tests.collector.conftest import caught_up, collector_of, serving
 
 LIMITS = ingest.Limits()
 
@@ -101,6 +101,12 @@ async def test_both_processor_modes_store_what_was_accepted(tmp_path: Path, proc
         await caught_up(app)
         stored = (await client.get("/v1/suites/modes/results")).json()["items"]
         ready = (await client.get("/readyz")).json()
+        sink = collector_of(app).parts.sink
+        assert isinstance(sink, LocalLogSink)
+        entries = [data for _, data in sink.log.iter_from(0, 10)]
+    # the plugin-shaped batch is logged as it came in both modes (no Result per result), the
+    # other one as records
+    assert [e[:6] for e in entries] == [b'{"v":2', b'{"v":1']
     assert len(stored) == 9
     assert {r["id"] for r in stored} >= {r.id for r in sent.results}
     assert ready["processor"]["running"] is True
