@@ -90,14 +90,20 @@ def test_results_of_an_old_store_are_read_and_new_ones_follow(tmp_path: Path) ->
     assert "results_before_batches" not in tables
 
 
+def open_at_once(path: Path, processes: int = 3) -> None:
+    """Open (and close) the store at ``path`` from several processes at the same time; each
+    must succeed."""
+    opening = "import sys; from pathlib import Path; from collector_server.store.sqlite import"
+    opening += f" SqliteStore; SqliteStore(Path({str(path)!r})).open().close()"
+    procs = [subprocess.Popen([sys.executable, "-c", opening]) for _ in range(processes)]
+    assert [proc.wait(120) for proc in procs] == [0] * processes
+
+
 def test_processes_opening_an_old_store_at_once_migrate_it_once(tmp_path: Path) -> None:
     path = tmp_path / "store.db"
     old = batch(30_000)
     write_old_store(path, old)
-    opening = "import sys; from pathlib import Path; from collector_server.store.sqlite import"
-    opening += f" SqliteStore; SqliteStore(Path({str(path)!r})).open().close()"
-    procs = [subprocess.Popen([sys.executable, "-c", opening]) for _ in range(3)]
-    assert [proc.wait(120) for proc in procs] == [0, 0, 0]
+    open_at_once(path)
     store = SqliteStore(path).open()  # and once more: nothing left to migrate
     try:
         page = store.results("t", old.run.suite, limit=10, cursor=None)

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 from collector_server.store.sqlite import SqliteStore
 from pytest_testengine.model import Record, records_of
 from tests.collector.batches import batch
+from tests.collector.test_store_migration import open_at_once
 from tests.collector.test_store_rows import answers, many_executions
 
 #: The results table as stores had it before (the batches table beside it as today).
@@ -99,10 +98,7 @@ def test_processes_opening_a_wide_store_at_once_migrate_it_once(tmp_path: Path) 
     writer.write(records_of("t", old))
     writer.close()
     widen(path)
-    opening = "import sys; from pathlib import Path; from collector_server.store.sqlite import"
-    opening += f" SqliteStore; SqliteStore(Path({str(path)!r})).open().close()"
-    procs = [subprocess.Popen([sys.executable, "-c", opening]) for _ in range(3)]
-    assert [proc.wait(120) for proc in procs] == [0, 0, 0]
+    open_at_once(path)
     assert columns(path) == ["seq", "tenant", "id", "nodeid"]
     store = SqliteStore(path).open()  # and once more: nothing left to migrate
     try:
