@@ -124,16 +124,26 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
 
 
 async def _post_all(
-    host: str, port: int, requests: list[bytes], clients: int, batch_size: int
+    host: str,
+    port: int,
+    requests: list[bytes],
+    clients: int,
+    batch_size: int,
+    rate: float | None = None,
 ) -> LoadResult:
-    feed = iter(requests)
+    feed = iter(enumerate(requests))
+    start = time.perf_counter()
     latencies: list[float] = []
     counts = {"ok": 0, "bad": 0}
 
     async def client() -> None:
         reader, writer = await asyncio.open_connection(host, port)
         try:
-            for req in feed:
+            for index, req in feed:
+                if rate:  # request ``index`` is due this long after the start
+                    due = start + index * batch_size / rate - time.perf_counter()
+                    if due > 0:
+                        await asyncio.sleep(due)
                 sent = time.perf_counter()
                 writer.write(req)
                 status = await _read_response(reader)
@@ -142,7 +152,6 @@ async def _post_all(
         finally:
             writer.close()
 
-    start = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(clients)))
     seconds = time.perf_counter() - start
     return LoadResult(counts["ok"] * batch_size, counts["ok"], counts["bad"], seconds, latencies)
@@ -156,7 +165,16 @@ def prepare(host: str, port: int, batches: int, batch_size: int) -> list[bytes]:
 
 
 def post_all(
-    host: str, port: int, requests: list[bytes], *, clients: int, batch_size: int
+    host: str,
+    port: int,
+    requests: list[bytes],
+    *,
+    clients: int,
+    batch_size: int,
+    rate: float | None = None,
 ) -> LoadResult:
-    """Post every request, ``clients`` at a time, each on its own keep-alive connection."""
-    return asyncio.run(_post_all(host, port, requests, clients, batch_size))
+    """Post every request, ``clients`` at a time, each on its own keep-alive connection: as
+    fast as they are answered, or paced at ``rate`` results per second (request k is sent
+    when it is due, k * batch_size / rate seconds after the start, or as soon as a client is
+    free if they fall behind)."""
+    return asyncio.run(_post_all(host, port, requests, clients, batch_size, rate))

@@ -35,6 +35,7 @@ SCRIPTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("end_of_run", ()),
     ("collector_ingest", ()),
     ("processor_throughput", ()),
+    ("sustained_load", ()),
     ("freshness", ()),
     ("kafka_ingest", ()),
     ("plan_latency", ()),

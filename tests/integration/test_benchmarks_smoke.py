@@ -22,6 +22,7 @@ TABLES = {
     "end_of_run": "| candidate | last test to exit | beyond plain pytest |",
     "collector_ingest": "| clients | collector | accepted results/s |",
     "processor_throughput": "| path | results/s |",
+    "sustained_load": "| offered results/s | accepted results/s | lag, highest |",
     "freshness": "| tests x runs | per test | results seen | p50 | p95 | max |",
 }
 ROWS = {
