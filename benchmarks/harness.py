@@ -277,6 +277,17 @@ PYTEST_BASE = (
 )
 
 
+def compile_packages() -> None:
+    """Compile the bytecode of this project's packages, as installing a wheel does: measured
+    runs may not write it (``PYTHONDONTWRITEBYTECODE=1``), so from a source checkout (an
+    editable install) a module changed since its last import would be compiled again in
+    every run, a cost no installed plugin has."""
+    import compileall
+
+    for package in ("pytest_testengine", "collector_server"):
+        compileall.compile_dir(str(ROOT / package), quiet=1)
+
+
 def pytest_cmd(*args: str) -> list[str]:
     """``python -m pytest`` with the flags every candidate shares."""
     return [sys.executable, "-m", "pytest", *PYTEST_BASE, *args]

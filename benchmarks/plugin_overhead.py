@@ -224,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     rounds = args.rounds or (1 if args.quick else None)
     xdist_sizes = sizes[-1:]
     tools_at = None if args.all else sizes[:1]
+    harness.compile_packages()
     print(measure(sizes, rounds, xdist_sizes, warmup=0 if args.quick else 1, tool_sizes=tools_at))
     return 0
 
