@@ -41,7 +41,7 @@ class Settings:
     tags: Mapping[str, str] = field(default_factory=dict)
     output: str | None = None
     spool_dir: str | None = None
-    batch_size: int = 500
+    batch_size: int = 1000
     batch_age: float = 1.0
     flush_deadline: float = 5.0
     timeout: float = 10.0

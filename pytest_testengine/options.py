@@ -262,7 +262,7 @@ OPTIONS: Final[tuple[Option, ...]] = (
         PATH,
         flag="--testengine-spool",
     ),
-    _row("batch_size", "Results per request to the collector.", POSITIVE_INT, 500),
+    _row("batch_size", "Results per request to the collector.", POSITIVE_INT, 1000),
     _row(
         "batch_age",
         "Longest time a result waits before a partial batch is sent.",

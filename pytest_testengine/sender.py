@@ -79,7 +79,7 @@ class Poster(Protocol):
 
 
 class Policy(NamedTuple):  # not a frozen dataclass: cheaper to define, at the start of a run
-    batch_size: int = 500
+    batch_size: int = 1000
     batch_age: float = 1.0  # seconds a partial batch may wait
     queue_size: int = 20000  # results waiting in memory before spilling to the spool
     flush_deadline: float = 5.0  # seconds close() may take

@@ -78,7 +78,7 @@ def test_real_table_precedence_for_a_number() -> None:
     assert resolve({"batch_size": "100"}, environ, ini).batch_size == 100
     assert resolve({"batch_size": None}, environ, ini).batch_size == 200
     assert resolve({}, {}, ini).batch_size == 300
-    assert resolve({}, {}, {}).batch_size == 500
+    assert resolve({}, {}, {}).batch_size == 1000
 
 
 def test_ci_detection_fills_the_run_context_below_env() -> None:
@@ -223,7 +223,7 @@ def test_rows_added_by_other_modules_land_in_extra() -> None:
     settings = resolve({"shard_label": "3"}, {}, {}, options=[*options.OPTIONS, shard_label])
     assert settings.extra == {"shard_label": 3}
     assert settings.get("shard_label") == 3
-    assert settings.get("batch_size") == 500
+    assert settings.get("batch_size") == 1000
     settings = resolve({}, {}, {}, CiInfo(shard_total=4), options=[shard_label])
     assert settings.get("shard_label") == 4
 

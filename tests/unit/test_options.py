@@ -128,7 +128,7 @@ def test_add_options_registers_every_flag_with_a_none_default_and_every_ini_key(
     assert rec.flags["--testengine-tag"]["action"] == "append"
     assert rec.flags["--testengine-batch-size"]["dest"] == "testengine_batch_size"
     assert "TESTENGINE_BATCH_SIZE" in rec.flags["--testengine-batch-size"]["help"]
-    assert "Default: 500." in rec.flags["--testengine-batch-size"]["help"]
+    assert "Default: 1000." in rec.flags["--testengine-batch-size"]["help"]
 
 
 def test_markdown_table_has_one_row_per_setting() -> None:
