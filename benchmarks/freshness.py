@@ -5,7 +5,7 @@ Run from the repository root::
     python benchmarks/freshness.py            # 3 runs of 1,500 tests of 4 ms each
     python benchmarks/freshness.py --quick    # tiny sizes (a smoke run)
 
-``pytest --testengine`` (default settings: batches of 500 or 1 s old) sends to a running
+``pytest --testengine`` (default settings: batches of 1,000 or 1 s old) sends to a running
 ``testengine-collector serve`` (embedded default: local log, in-process processor, SQLite
 store).  Meanwhile this script pages through ``GET /v1/suites/default/results`` every 50 ms
 and notes when each result id first appears; a result's freshness is that moment minus its
