@@ -15,13 +15,18 @@ and the time until it has caught up is measured.  Two ways, alternately:
   and the thread mode too (both read the log);
 - *handed over*: the entries reach it the way the log writer hands them over after each
   commit, already decoded into records (a sink subscriber that takes records: the thread
-  mode before it read bodies from the log, batches not shaped as the plugin sends them).
+  mode before it read bodies from the log, batches not shaped as the plugin sends them);
+- *from the log, into a store with history*: as the first, into a store that already holds
+  ``--history`` entries of the same suite (1,000,000 results: every test has its recent
+  durations), written once before the rounds and copied for each.  A collector's store
+  soon looks like this one; the empty store of the first two flatters the processor.
 """
 
 from __future__ import annotations
 
 import argparse
 import gzip
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -57,13 +62,19 @@ def batches(entries: int) -> tuple[list[list[Record]], list[bytes]]:
     records, bodies = [], []
     for _ in range(entries):
         wire = loadgen.body(BATCH, next(loadgen._runs))  # gzipped, as the plugin sends it
-        raw = gzip.decompress(wire)
-        obj = orjson.loads(raw)
+        obj = orjson.loads(gzip.decompress(wire))
         records.append(records_of("default", ingest.validate_batch(obj, limits)))
-        checked = ingest.check_batch(obj, raw, limits)
-        assert isinstance(checked, ingest.Checked)
-        bodies.append(encode_body_entry("default", checked.run, checked.body, wire))
+        bodies.append(body_entry(wire))
     return records, bodies
+
+
+def body_entry(wire: bytes) -> bytes:
+    """The log entry the collector writes for a gzipped batch it checked."""
+    limits = ingest.Limits.from_settings(CollectorSettings())
+    raw = gzip.decompress(wire)
+    checked = ingest.check_batch(orjson.loads(raw), raw, limits)
+    assert isinstance(checked, ingest.Checked)
+    return encode_body_entry("default", checked.run, checked.body, wire)
 
 
 def _freeze() -> None:
@@ -73,13 +84,37 @@ def _freeze() -> None:
     settle_gc()
 
 
-def apply_once(records: Sequence[list[Record]], bodies: Sequence[bytes], handed: bool) -> float:
+def store_with_history(path: Path, entries: int) -> Path:
+    """A store holding ``entries`` log entries' worth of results of the benchmark's suite,
+    written directly (no log offsets: a processor over a fresh log applies all of it)."""
+    store = SqliteStore(path).open()
+    step = max(1, 5000 // BATCH)
+    for start in range(0, entries, step):
+        batch = [
+            body_entry(loadgen.body(BATCH, next(loadgen._runs)))
+            for _ in range(min(step, entries - start))
+        ]
+        groups = [group for entry in batch for group in decode_entry_rows(entry)]
+        store.write_prepared(store.prepare(groups), defer_statistics=True)
+    store.flush_statistics()
+    store.close()
+    return path
+
+
+def apply_once(
+    records: Sequence[list[Record]],
+    bodies: Sequence[bytes],
+    handed: bool,
+    history: Path | None = None,
+) -> float:
     settings = CollectorSettings()
     with harness.workdir("processor") as tmp:
         log = LocalLog(tmp / "log.db")
         log.open()
         offset = log.append([encode_entry(r) for r in records] if handed else list(bodies))
         first = offset - len(records) + 1
+        if history is not None:
+            shutil.copyfile(history, tmp / "store.db")
         store = SqliteStore(tmp / "store.db").open()
         processor = LocalProcessor(
             log,
@@ -205,14 +240,20 @@ def stages(entries: int, rounds: int) -> str:
     return title + harness.table(["process", "step", "µs per result"], table, "llr")
 
 
-def measure(entries: int, rounds: int, warmup: int) -> str:
+def measure(entries: int, rounds: int, warmup: int, history: int) -> str:
     records, bodies = batches(entries)
-    _freeze()
-    runs: dict[str, Callable[[], float]] = {
-        "from the log (read and decode)": lambda: apply_once(records, bodies, False),
-        "handed over after each commit": lambda: apply_once(records, bodies, True),
-    }
-    found = harness.alternate(runs, rounds=rounds, warmup=warmup, progress=harness.log)
+    with harness.workdir("history") as tmp:
+        harness.log(f"writing a store of {history * BATCH:,} results")
+        filled = store_with_history(tmp / "store.db", history)
+        _freeze()
+        runs: dict[str, Callable[[], float]] = {
+            "from the log (read and decode)": lambda: apply_once(records, bodies, False),
+            "handed over after each commit": lambda: apply_once(records, bodies, True),
+            f"from the log, into a store of {history * BATCH:,} results": lambda: apply_once(
+                records, bodies, False, filled
+            ),
+        }
+        found = harness.alternate(runs, rounds=rounds, warmup=warmup, progress=harness.log)
     rows = [(name, found.spread(name).fmt("", 0)) for name in found.names]
     title = (
         f"### Processor: local log to SQLite store, {entries * BATCH:,} results in {entries} "
@@ -226,10 +267,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run)")
     parser.add_argument("--entries", type=int, default=None, help="log entries of 500 results")
     parser.add_argument("--rounds", type=int, default=None, help="measured rounds")
+    parser.add_argument(
+        "--history", type=int, default=None, help="entries of 500 results already stored"
+    )
     args = parser.parse_args(argv)
     entries = args.entries or (6 if args.quick else 200)
     rounds = args.rounds or (1 if args.quick else 3)
-    print(measure(entries, rounds, warmup=0 if args.quick else 1))
+    history = args.history or (4 if args.quick else 2000)
+    print(measure(entries, rounds, warmup=0 if args.quick else 1, history=history))
     print()
     print(stages(entries, rounds))
     return 0
