@@ -16,6 +16,7 @@ from collector_server.processor import LocalProcessor
 from collector_server.sinks.local import LocalLog, encode_entry
 from collector_server.store.rows import rows_of_records
 from collector_server.store.sqlite import SqliteStore
+from collector_server.store.sqlite_write import STATISTICS_DELAY
 from pytest_testengine.model import Record
 from tests.collector.batches import batch, result
 from tests.collector.test_store_rows import answers, many_executions
@@ -48,7 +49,7 @@ def test_deferred_statistics_wait_then_equal_those_merged_at_once(open_store: An
         store.write_prepared(store.prepare(rows_of_records(later)), defer_statistics=True)
         reference.write(later)
         assert store.tests("t", "default", limit=10).items == before
-        now[0] += 1.0  # past the delay: the next write merges what waits, deferred or not
+        now[0] += STATISTICS_DELAY  # past the delay: the next write merges what waits
         store.write_prepared(store.prepare(rows_of_records([])), defer_statistics=True)
         assert answers(store) == answers(reference)
         assert answers(store)["tests"] != before
