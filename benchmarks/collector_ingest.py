@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -38,18 +37,6 @@ import loadgen
 BATCH = 500
 CLIENTS = (1, 8, 32)
 CATCH_UP_TIMEOUT = 300.0
-
-
-def wait_caught_up(collector: harness.Collector, timeout: float) -> float:
-    """Seconds until the processor has applied every log entry (polls /readyz)."""
-    start = time.perf_counter()
-    deadline = start + timeout
-    while time.perf_counter() < deadline:
-        processor = collector.status().get("processor")
-        if isinstance(processor, dict) and processor.get("lag") == 0:
-            return time.perf_counter() - start
-        time.sleep(0.02)
-    raise RuntimeError(f"processor still behind after {timeout} s")
 
 
 #: The processor's two ways of running, alternated round by round.
@@ -81,7 +68,7 @@ def one_round(clients: int, batches: int, env: dict[str, str]) -> dict[str, obje
         load = loadgen.post_all(
             "127.0.0.1", collector.port, requests, clients=clients, batch_size=BATCH
         )
-        behind = wait_caught_up(collector, CATCH_UP_TIMEOUT)
+        behind = collector.wait_caught_up(CATCH_UP_TIMEOUT)
         cpu = collector_cpu(collector) - cpu
     if load.rejected:
         raise RuntimeError(f"{load.rejected} batches rejected")

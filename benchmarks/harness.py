@@ -364,6 +364,22 @@ class Collector:
         assert isinstance(value, dict)
         return value
 
+    def processor_lag(self) -> int:
+        """Log entries written but not applied yet (``/readyz``)."""
+        processor = self.status().get("processor")
+        if not isinstance(processor, dict) or not isinstance(processor.get("lag"), int):
+            raise RuntimeError(f"no processor lag in /readyz: {processor!r}")
+        return int(processor["lag"])
+
+    def wait_caught_up(self, timeout: float) -> float:
+        """Seconds until the processor has applied every log entry."""
+        start = time.perf_counter()
+        while self.processor_lag() != 0:
+            if time.perf_counter() - start > timeout:
+                raise RuntimeError(f"processor still behind after {timeout} s")
+            time.sleep(0.02)
+        return time.perf_counter() - start
+
     def stop(self) -> None:
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:

@@ -53,26 +53,26 @@ from collector_server.store.sqlite import SqliteStore
 from pytest_testengine.model import Record, records_of
 
 BATCH = 500
+#: The collector's default limits, which the benchmark's batches are checked against.
+LIMITS = ingest.Limits.from_settings(CollectorSettings())
 
 
 def batches(entries: int) -> tuple[list[list[Record]], list[bytes]]:
     """The same batches as records (the in-memory handoff) and as the log entries the
     collector writes for them (checked bodies, what the processor process reads)."""
-    limits = ingest.Limits.from_settings(CollectorSettings())
     records, bodies = [], []
     for _ in range(entries):
         wire = loadgen.body(BATCH, next(loadgen._runs))  # gzipped, as the plugin sends it
         obj = orjson.loads(gzip.decompress(wire))
-        records.append(records_of("default", ingest.validate_batch(obj, limits)))
+        records.append(records_of("default", ingest.validate_batch(obj, LIMITS)))
         bodies.append(body_entry(wire))
     return records, bodies
 
 
 def body_entry(wire: bytes) -> bytes:
     """The log entry the collector writes for a gzipped batch it checked."""
-    limits = ingest.Limits.from_settings(CollectorSettings())
     raw = gzip.decompress(wire)
-    checked = ingest.check_batch(orjson.loads(raw), raw, limits)
+    checked = ingest.check_batch(orjson.loads(raw), raw, LIMITS)
     assert isinstance(checked, ingest.Checked)
     return encode_body_entry("default", checked.run, checked.body, wire)
 
@@ -137,12 +137,11 @@ def apply_once(
 
 def stages(entries: int, rounds: int) -> str:
     """CPU time per result of each step a result goes through, one step at a time."""
-    limits = ingest.Limits.from_settings(CollectorSettings())
     bodies = [loadgen.body(BATCH, next(loadgen._runs)) for _ in range(entries)]
     raw = [gzip.decompress(b) for b in bodies]
     objs = [orjson.loads(r) for r in raw]
-    checked = [ingest.check_batch(o, r, limits) for o, r in zip(objs, raw, strict=True)]
-    full = [records_of("default", ingest.validate_batch(o, limits)) for o in objs]
+    checked = [ingest.check_batch(o, r, LIMITS) for o, r in zip(objs, raw, strict=True)]
+    full = [records_of("default", ingest.validate_batch(o, LIMITS)) for o in objs]
     body_entries = [
         encode_body_entry("default", c.run, c.body, wire)
         for c, wire in zip(checked, bodies, strict=True)
@@ -181,7 +180,7 @@ def stages(entries: int, rounds: int) -> str:
         (
             "collector",
             "check (check_batch, no objects)",
-            lambda: [ingest.check_batch(o, r, limits) for o, r in zip(objs, raw, strict=True)],
+            lambda: [ingest.check_batch(o, r, LIMITS) for o, r in zip(objs, raw, strict=True)],
         ),
         (
             "collector",
@@ -194,7 +193,7 @@ def stages(entries: int, rounds: int) -> str:
         (
             "(records)",
             "validate into Result objects",
-            lambda: [records_of("default", ingest.validate_batch(o, limits)) for o in objs],
+            lambda: [records_of("default", ingest.validate_batch(o, LIMITS)) for o in objs],
         ),
         (
             "(records)",

@@ -58,30 +58,13 @@ class LagWatcher(threading.Thread):
         self.samples: list[tuple[float, int]] = []  # (perf_counter, entries behind)
         self.stopping = threading.Event()
 
-    def lag(self) -> int:
-        processor = self.collector.status().get("processor")
-        if not isinstance(processor, dict) or not isinstance(processor.get("lag"), int):
-            raise RuntimeError(f"no processor lag in /readyz: {processor!r}")
-        return int(processor["lag"])
-
     def run(self) -> None:
         while not self.stopping.wait(POLL):
-            self.samples.append((time.perf_counter(), self.lag()))
+            self.samples.append((time.perf_counter(), self.collector.processor_lag()))
 
     def stop(self) -> None:
         self.stopping.set()
         self.join(10)
-
-
-def wait_caught_up(watcher: LagWatcher, timeout: float) -> float:
-    """Seconds until the processor has applied every log entry."""
-    start = time.perf_counter()
-    deadline = start + timeout
-    while watcher.lag() != 0:
-        if time.perf_counter() > deadline:
-            raise RuntimeError(f"processor still behind after {timeout} s")
-        time.sleep(0.02)
-    return time.perf_counter() - start
 
 
 def one_round(rate: int, seconds: float) -> dict[str, float]:
@@ -101,7 +84,7 @@ def one_round(rate: int, seconds: float) -> dict[str, float]:
                 rate=rate,
             )
             end = start + load.seconds
-            catch_up = wait_caught_up(watcher, CATCH_UP_TIMEOUT)
+            catch_up = collector.wait_caught_up(CATCH_UP_TIMEOUT)
         finally:
             watcher.stop()
     if load.rejected:
@@ -135,20 +118,17 @@ def measure(rates: tuple[int, ...], seconds: float, rounds: int, warmup: int = 1
             if index > 0:
                 found[rate].append(got)
     rows = []
-    for rate, got in found.items():
-
-        def spread(key: str, got: list[dict[str, float]] = got) -> harness.Spread:
-            return harness.Spread.of([g[key] for g in got])
-
-        kept = sum(keeps_up(g) for g in got)
+    for rate, runs in found.items():
+        spread = {key: harness.Spread.of([run[key] for run in runs]) for key in runs[0]}
+        kept = sum(keeps_up(run) for run in runs)
         rows.append(
             (
                 f"{rate:,}",
-                spread("accepted").fmt("", 0),
-                spread("max").fmt(" s", 2),
-                spread("end").fmt(" s", 2),
-                spread("catch_up").fmt(" s", 2),
-                f"{'yes' if kept == len(got) else 'no'} ({kept} of {len(got)} rounds)",
+                spread["accepted"].fmt("", 0),
+                spread["max"].fmt(" s", 2),
+                spread["end"].fmt(" s", 2),
+                spread["catch_up"].fmt(" s", 2),
+                f"{'yes' if kept == len(runs) else 'no'} ({kept} of {len(runs)} rounds)",
             )
         )
     title = (
