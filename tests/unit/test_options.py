@@ -41,6 +41,16 @@ def test_every_row_of_this_package_is_a_settings_field_with_the_same_default() -
         assert default == opt.default, opt.name
 
 
+def test_the_senders_policy_has_the_defaults_of_the_rows_it_shares() -> None:
+    # `testengine upload` and direct users of the sender build Policy() without settings
+    from pytest_testengine.sender import Policy
+
+    shared = {opt.name: opt.default for opt in OPTIONS if opt.name in Policy._fields}
+    assert {"batch_size", "batch_age", "queue_size", "flush_deadline"} <= set(shared)
+    for name, default in shared.items():
+        assert Policy._field_defaults[name] == default, name
+
+
 def test_every_default_parses_as_its_own_type() -> None:
     for opt in OPTIONS:
         if opt.default not in (None, {}):
