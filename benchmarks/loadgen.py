@@ -123,40 +123,6 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
     return status
 
 
-async def _post_all(
-    host: str,
-    port: int,
-    requests: list[bytes],
-    clients: int,
-    batch_size: int,
-    rate: float | None = None,
-) -> LoadResult:
-    feed = iter(enumerate(requests))
-    start = time.perf_counter()
-    latencies: list[float] = []
-    counts = {"ok": 0, "bad": 0}
-
-    async def client() -> None:
-        reader, writer = await asyncio.open_connection(host, port)
-        try:
-            for index, req in feed:
-                if rate:  # request ``index`` is due this long after the start
-                    due = start + index * batch_size / rate - time.perf_counter()
-                    if due > 0:
-                        await asyncio.sleep(due)
-                sent = time.perf_counter()
-                writer.write(req)
-                status = await _read_response(reader)
-                latencies.append(time.perf_counter() - sent)
-                counts["ok" if status == 202 else "bad"] += 1
-        finally:
-            writer.close()
-
-    await asyncio.gather(*(client() for _ in range(clients)))
-    seconds = time.perf_counter() - start
-    return LoadResult(counts["ok"] * batch_size, counts["ok"], counts["bad"], seconds, latencies)
-
-
 _runs = itertools.count()
 
 
@@ -177,4 +143,30 @@ def post_all(
     fast as they are answered, or paced at ``rate`` results per second (request k is sent
     when it is due, k * batch_size / rate seconds after the start, or as soon as a client is
     free if they fall behind)."""
-    return asyncio.run(_post_all(host, port, requests, clients, batch_size, rate))
+    feed = iter(enumerate(requests))
+    latencies: list[float] = []
+    counts = {"ok": 0, "bad": 0}
+
+    async def client(start: float) -> None:
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            for index, req in feed:
+                if rate:  # request ``index`` is due this long after the start
+                    due = start + index * batch_size / rate - time.perf_counter()
+                    if due > 0:
+                        await asyncio.sleep(due)
+                sent = time.perf_counter()
+                writer.write(req)
+                status = await _read_response(reader)
+                latencies.append(time.perf_counter() - sent)
+                counts["ok" if status == 202 else "bad"] += 1
+        finally:
+            writer.close()
+
+    async def post() -> float:
+        start = time.perf_counter()
+        await asyncio.gather(*(client(start) for _ in range(clients)))
+        return time.perf_counter() - start
+
+    seconds = asyncio.run(post())
+    return LoadResult(counts["ok"] * batch_size, counts["ok"], counts["bad"], seconds, latencies)
