@@ -19,7 +19,9 @@ and the time until it has caught up is measured.  Two ways, alternately:
 - *from the log, into a store with history*: as the first, into a store that already holds
   ``--history`` entries of the same suite (1,000,000 results: every test has its recent
   durations), written once before the rounds and copied for each.  A collector's store
-  soon looks like this one; the empty store of the first two flatters the processor.
+  soon looks like this one; the empty store of the first two flatters the processor;
+- *the same, entries without their rows*: the entries the collector wrote before they
+  carried the rows of their results (the processor gunzips and parses the results).
 """
 
 from __future__ import annotations
@@ -57,24 +59,27 @@ BATCH = 500
 LIMITS = ingest.Limits.from_settings(CollectorSettings())
 
 
-def batches(entries: int) -> tuple[list[list[Record]], list[bytes]]:
-    """The same batches as records (the in-memory handoff) and as the log entries the
-    collector writes for them (checked bodies, what the processor process reads)."""
-    records, bodies = [], []
+def batches(entries: int) -> tuple[list[list[Record]], list[bytes], list[bytes]]:
+    """The same batches as records (the in-memory handoff), as the log entries the
+    collector writes for them (checked bodies and their rows, what the processor process
+    reads) and as the entries it wrote before they carried their rows."""
+    records, bodies, without_rows = [], [], []
     for _ in range(entries):
         wire = loadgen.body(BATCH, next(loadgen._runs))  # gzipped, as the plugin sends it
         obj = orjson.loads(gzip.decompress(wire))
         records.append(records_of("default", ingest.validate_batch(obj, LIMITS)))
         bodies.append(body_entry(wire))
-    return records, bodies
+        without_rows.append(body_entry(wire, rows=False))
+    return records, bodies, without_rows
 
 
-def body_entry(wire: bytes) -> bytes:
-    """The log entry the collector writes for a gzipped batch it checked."""
+def body_entry(wire: bytes, *, rows: bool = True) -> bytes:
+    """The log entry the collector writes for a gzipped batch it checked (with its rows)."""
     raw = gzip.decompress(wire)
     checked = ingest.check_batch(orjson.loads(raw), raw, LIMITS)
     assert isinstance(checked, ingest.Checked)
-    return encode_body_entry("default", checked.run, checked.body, wire)
+    results = checked.results if rows else None
+    return encode_body_entry("default", checked.run, checked.body, wire, results)
 
 
 def _freeze() -> None:
@@ -143,6 +148,11 @@ def stages(entries: int, rounds: int) -> str:
     checked = [ingest.check_batch(o, r, LIMITS) for o, r in zip(objs, raw, strict=True)]
     full = [records_of("default", ingest.validate_batch(o, LIMITS)) for o in objs]
     body_entries = [
+        encode_body_entry("default", c.run, c.body, wire, c.results)
+        for c, wire in zip(checked, bodies, strict=True)
+        if isinstance(c, ingest.Checked)
+    ]
+    gzip_entries = [  # without the rows line (what the collector wrote before)
         encode_body_entry("default", c.run, c.body, wire)
         for c, wire in zip(checked, bodies, strict=True)
         if isinstance(c, ingest.Checked)
@@ -184,7 +194,15 @@ def stages(entries: int, rounds: int) -> str:
         ),
         (
             "collector",
-            "store the body in a log entry",
+            "store the body and its rows in a log entry",
+            lambda: [
+                encode_body_entry("default", c.run, c.body, wire, c.results)  # type: ignore[union-attr]
+                for c, wire in zip(checked, bodies, strict=True)
+            ],
+        ),
+        (
+            "(before)",
+            "store the body in a log entry, without its rows",
             lambda: [
                 encode_body_entry("default", c.run, c.body, wire)  # type: ignore[union-attr]
                 for c, wire in zip(checked, bodies, strict=True)
@@ -210,6 +228,11 @@ def stages(entries: int, rounds: int) -> str:
             "decode a log entry into rows",
             lambda: [decode_entry_rows(e) for e in body_entries],
         ),
+        (
+            "(before)",
+            "decode a log entry without its rows (gunzip, parse the results)",
+            lambda: [decode_entry_rows(e) for e in gzip_entries],
+        ),
         ("processor", "prepare a write (Python, 5,000 per transaction)", prepare),
         (
             "processor",
@@ -218,7 +241,7 @@ def stages(entries: int, rounds: int) -> str:
         ),
         (
             "processor",
-            "store write, statistics waiting (a busy processor: merged once a second)",
+            "store write, statistics waiting (a busy processor: merged every 2 s at most)",
             lambda: write_store(True),
         ),
     ]
@@ -240,7 +263,7 @@ def stages(entries: int, rounds: int) -> str:
 
 
 def measure(entries: int, rounds: int, warmup: int, history: int) -> str:
-    records, bodies = batches(entries)
+    records, bodies, without_rows = batches(entries)
     with harness.workdir("history") as tmp:
         harness.log(f"writing a store of {history * BATCH:,} results")
         filled = store_with_history(tmp / "store.db", history)
@@ -250,6 +273,9 @@ def measure(entries: int, rounds: int, warmup: int, history: int) -> str:
             "handed over after each commit": lambda: apply_once(records, bodies, True),
             f"from the log, into a store of {history * BATCH:,} results": lambda: apply_once(
                 records, bodies, False, filled
+            ),
+            "the same, entries without their rows (before)": lambda: apply_once(
+                records, without_rows, False, filled
             ),
         }
         found = harness.alternate(runs, rounds=rounds, warmup=warmup, progress=harness.log)

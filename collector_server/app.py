@@ -231,7 +231,7 @@ class Collector:
                 accepted = batch.count
                 if accepted and isinstance(sink, LocalLogSink):
                     wire = body if gzipped else None  # kept gzipped, as it came
-                    await sink.publish_body(tenant, batch.run, batch.body, wire)
+                    await sink.publish_body(tenant, batch.run, batch.body, wire, batch.results)
                 elif accepted and isinstance(sink, KafkaSink):
                     await sink.publish_checked(tenant, batch.run, batch.results)
             else:

@@ -5,9 +5,12 @@ publish, encoded as ``{"v": 1, "groups": [{"tenant": ..., "run": {...}, "results
 (records of one batch share their tenant and run, so the run is written once), or, for a batch
 that passed ``ingest.check_batch`` unchanged, as ``{"v": 2, "tenant": ..., "run": {...},
 "batch": <the request body as sent>}`` (no re-encoding on the ingest path), or, when that
-body came gzipped, as a header line ``{"v": 3, "tenant": ..., "run": {...}}`` followed by the
-gzip bytes as sent (a tenth of the bytes to write, fsync and keep; the store keeps the entry
-as the batch's results).  The database
+body came gzipped, as a header line ``{"v": 4, "tenant": ..., "run": {...}}``, a line with the
+rows the store indexes and counts (``store.rows.Row``, a JSON array of arrays, taken from the
+results ingest has just checked) and the gzip bytes as sent (a fifth of the bytes of the plain
+body to write and fsync; the processor reads the rows without decompressing and parsing the
+results, and the store keeps the header and the gzip bytes, as a version 3 entry without the
+rows, as the batch's results).  The database
 runs in WAL mode with ``synchronous=FULL``: a commit returns once the WAL is fsynced.
 
 One writer thread owns the writes.  Publishes queue their entry and wait; the writer takes
@@ -34,7 +37,10 @@ import orjson
 from collector_server.sinks import SinkUnavailable
 from collector_server.store.rows import (
     GZIP_ENTRY_PREFIX,
+    ROWS_ENTRY_PREFIX,
+    Row,
     RunRows,
+    is_gzip_entry,
     rows_of_checked,
     rows_of_records,
     split_gzip_entry,
@@ -55,6 +61,8 @@ log = logging.getLogger("testengine.collector.sink")
 ENTRY_VERSION: Final = 1
 BODY_ENTRY_VERSION: Final = 2
 GZIP_ENTRY_VERSION: Final = 3  # starts with store.rows.GZIP_ENTRY_PREFIX
+ROWS_ENTRY_VERSION: Final = 4  # starts with store.rows.ROWS_ENTRY_PREFIX
+_ROW_WIDTH: Final = 7  # fields of a store.rows.Row
 LOG_FILE: Final = "log.db"
 TRUNCATE_EVERY: Final = 256  # entries consumed before the writer deletes them
 MAX_GROUP: Final = 512  # entries committed together at most
@@ -89,18 +97,26 @@ def encode_entry(records: Sequence[Record]) -> bytes:
 
 
 def encode_body_entry(
-    tenant: str, run: RunInfo, body: bytes, gzipped: bytes | None = None
+    tenant: str,
+    run: RunInfo,
+    body: bytes,
+    gzipped: bytes | None = None,
+    results: Sequence[dict[str, Any]] | None = None,
 ) -> bytes:
     """An entry that keeps a checked batch body as it is: ``{"v": 2, "tenant": ..., "run":
     {...validated run...}, "batch": <the body>}`` (the body's own run is not used); with
-    ``gzipped`` (the body as it came, gzipped), the header line and those bytes."""
+    ``gzipped`` (the body as it came, gzipped), the header line and those bytes, and with
+    ``results`` too (the body's results, as ``ingest.check_batch`` parsed them), their rows
+    on a line between the two (version 4)."""
     if gzipped is not None:
-        return b'{"v":%d,"tenant":%s,"run":%s}\n%s' % (
-            GZIP_ENTRY_VERSION,
+        header = b'{"v":%d,"tenant":%s,"run":%s}\n' % (
+            GZIP_ENTRY_VERSION if results is None else ROWS_ENTRY_VERSION,
             orjson.dumps(tenant),
             orjson.dumps(run_to_dict(run), default=_default),
-            gzipped,
         )
+        if results is None:
+            return header + gzipped
+        return b"%s%s\n%s" % (header, orjson.dumps(rows_of_checked(results)), gzipped)
     return b'{"v":%d,"tenant":%s,"run":%s,"batch":%s}' % (
         BODY_ENTRY_VERSION,
         orjson.dumps(tenant),
@@ -111,7 +127,7 @@ def encode_body_entry(
 
 def _entry_object(data: bytes) -> Any:
     """A log entry as one JSON object (a gzip entry as ``{"v": 3, ..., "batch": <body>}``)."""
-    if data.startswith(GZIP_ENTRY_PREFIX):
+    if is_gzip_entry(data):
         header, body = split_gzip_entry(data)
         return {**header, "batch": body}
     return orjson.loads(data)
@@ -121,7 +137,7 @@ def decode_entry(data: bytes) -> list[Record]:
     """Records of one log entry; raises ValueError/KeyError/TypeError if it is malformed."""
     obj = _entry_object(data)
     version = obj.get("v")
-    if version in (BODY_ENTRY_VERSION, GZIP_ENTRY_VERSION):
+    if version in (BODY_ENTRY_VERSION, GZIP_ENTRY_VERSION, ROWS_ENTRY_VERSION):
         groups = [{"tenant": obj["tenant"], "run": obj["run"], "results": obj["batch"]["results"]}]
     elif version == ENTRY_VERSION:
         groups = obj["groups"]
@@ -146,6 +162,8 @@ def decode_entry(data: bytes) -> list[Record]:
 def decode_entry_rows(data: bytes) -> list[RunRows]:
     """The rows of one log entry (what :func:`decode_entry` gives, without a Result or Record
     per result); raises ValueError/KeyError/TypeError if it is malformed."""
+    if data.startswith(ROWS_ENTRY_PREFIX):
+        return _check_outcomes([_rows_entry(data)])
     obj = _entry_object(data)
     if obj.get("v") in (BODY_ENTRY_VERSION, GZIP_ENTRY_VERSION):
         rows = rows_of_checked(obj["batch"]["results"])  # checked at ingest: every field, typed
@@ -153,6 +171,25 @@ def decode_entry_rows(data: bytes) -> list[RunRows]:
         groups = [RunRows(str(obj["tenant"]), run_from_dict(obj["run"]), rows, data)]
     else:
         groups = rows_of_records(decode_entry(data))
+    return _check_outcomes(groups)
+
+
+def _rows_entry(data: bytes) -> RunRows:
+    """The group of a version 4 entry: its rows as written (no gunzip, no result parsed);
+    its blob is the entry without the rows line (a version 3 entry)."""
+    header, rows_line, gzipped = data.split(b"\n", 2)
+    head = orjson.loads(header)
+    rows = orjson.loads(rows_line)
+    if type(rows) is not list or not all(
+        type(row) is list and len(row) == _ROW_WIDTH for row in rows
+    ):
+        raise ValueError("the rows line is not an array of rows")
+    blob = b"%s%s\n%s" % (GZIP_ENTRY_PREFIX, header[len(ROWS_ENTRY_PREFIX) :], gzipped)
+    rows_of_entry: list[Row] = [tuple(row) for row in rows]
+    return RunRows(str(head["tenant"]), run_from_dict(head["run"]), rows_of_entry, blob)
+
+
+def _check_outcomes(groups: list[RunRows]) -> list[RunRows]:
     unknown = {row[3] for g in groups for row in g.rows} - OUTCOMES
     if unknown:
         raise ValueError(f"unknown outcome {sorted(map(repr, unknown))[0]}")
@@ -277,12 +314,17 @@ class LocalLogSink:
         return not self._need_records
 
     async def publish_body(
-        self, tenant: str, run: RunInfo, body: bytes, gzipped: bytes | None = None
+        self,
+        tenant: str,
+        run: RunInfo,
+        body: bytes,
+        gzipped: bytes | None = None,
+        results: Sequence[dict[str, Any]] | None = None,
     ) -> None:
         """Publish a batch checked by ``ingest.check_batch``: its JSON body (or ``gzipped``,
-        the same body as it came) is the entry's payload as it is (no Record objects; see
-        :attr:`takes_bodies`)."""
-        await self._put(encode_body_entry(tenant, run, body, gzipped), ())
+        the same body as it came, with the rows of ``results``, its checked results) is the
+        entry's payload as it is (no Record objects; see :attr:`takes_bodies`)."""
+        await self._put(encode_body_entry(tenant, run, body, gzipped, results), ())
 
     async def start(self) -> None:
         await asyncio.to_thread(self.log.open)

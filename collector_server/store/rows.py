@@ -56,13 +56,24 @@ class RunRows:
 #: (``{"v": 3, "tenant": ..., "run": {...}}``), then the gzip bytes (see
 #: ``sinks.local.encode_body_entry``).
 GZIP_ENTRY_PREFIX: Final = b'{"v":3,'
+#: The same with the body's rows (:data:`Row`, a JSON array of arrays) on a line of their own
+#: between the header and the gzip bytes: what ingest writes, so that the processor reads the
+#: rows without decompressing and parsing the results (see ``sinks.local.decode_entry_rows``).
+ROWS_ENTRY_PREFIX: Final = b'{"v":4,'
 _TRUSTED_BYTES: Final = 1 << 31  # a body the collector accepted, so gunzipped once already
 
 
+def is_gzip_entry(data: bytes) -> bool:
+    """Whether ``data`` is a log entry holding a gzipped body (with its rows or without)."""
+    return data.startswith(GZIP_ENTRY_PREFIX) or data.startswith(ROWS_ENTRY_PREFIX)
+
+
 def split_gzip_entry(data: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(header, body) of a log entry starting with :data:`GZIP_ENTRY_PREFIX`; ValueError if
-    it is malformed."""
+    """(header, body) of a log entry starting with :data:`GZIP_ENTRY_PREFIX` or
+    :data:`ROWS_ENTRY_PREFIX`; ValueError if it is malformed."""
     header, _, body = data.partition(b"\n")
+    if header.startswith(ROWS_ENTRY_PREFIX):
+        body = body.partition(b"\n")[2]  # past the rows
     try:
         plain = gunzip(body, _TRUSTED_BYTES)
     except RequestError as exc:  # damaged on disk: it was valid gzip when it was accepted
@@ -73,8 +84,8 @@ def split_gzip_entry(data: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
 def results_in(blob: bytes) -> list[dict[str, Any]]:
     """The result objects of a :attr:`RunRows.blob`: a JSON array of results, or a body log
     entry kept as it is (``{"v": 2, ..., "batch": {"results": [...]}}``, or the gzipped
-    body of :data:`GZIP_ENTRY_PREFIX`)."""
-    if blob.startswith(GZIP_ENTRY_PREFIX):
+    body of :data:`GZIP_ENTRY_PREFIX` or :data:`ROWS_ENTRY_PREFIX`)."""
+    if is_gzip_entry(blob):
         gzipped: list[dict[str, Any]] = split_gzip_entry(blob)[1]["results"]
         return gzipped
     obj = orjson.loads(blob)

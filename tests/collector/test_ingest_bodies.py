@@ -15,7 +15,7 @@ from collector_server.errors import IngestError
 from collector_server.settings import CollectorSettings
 from collector_server.sinks.local import LocalLogSink, decode_entry, encode_body_entry
 from pytest_testengine.model import records_of
-from tests.collector.batches import JSON, batch, body, encode
+from tests.collector.batches import GZIP_JSON, JSON, batch, body, encode
 from tests.collector.conftest import caught_up, collector_of, serving
 
 LIMITS = ingest.Limits()
@@ -94,9 +94,14 @@ async def test_both_processor_modes_store_what_was_accepted(tmp_path: Path, proc
     sent = batch(7, suite="modes")
     odd = body(batch(2, suite="modes"))
     odd["results"][0]["extra"] = "x"  # not plugin-shaped: the Record path
+    zipped = batch(3, suite="modes")
     async with serving(app) as client:
-        for payload in (body(sent), odd):
-            response = await client.post("/v1/results", content=encode(payload), headers=JSON)
+        for payload, compress in ((body(sent), False), (odd, False), (body(zipped), True)):
+            response = await client.post(
+                "/v1/results",
+                content=encode(payload, compress=compress),
+                headers=GZIP_JSON if compress else JSON,
+            )
             assert response.status_code == 202, response.text
         await caught_up(app)
         stored = (await client.get("/v1/suites/modes/results")).json()["items"]
@@ -104,10 +109,10 @@ async def test_both_processor_modes_store_what_was_accepted(tmp_path: Path, proc
         sink = collector_of(app).parts.sink
         assert isinstance(sink, LocalLogSink)
         entries = [data for _, data in sink.log.iter_from(0, 10)]
-    # the plugin-shaped batch is logged as it came in both modes (no Result per result), the
-    # other one as records
-    assert [e[:6] for e in entries] == [b'{"v":2', b'{"v":1']
-    assert len(stored) == 9
-    assert {r["id"] for r in stored} >= {r.id for r in sent.results}
+    # the plugin-shaped batches are logged as they came in both modes (no Result per result),
+    # a gzipped one with its rows; the other one as records
+    assert [e[:6] for e in entries] == [b'{"v":2', b'{"v":1', b'{"v":4']
+    assert len(stored) == 12
+    assert {r["id"] for r in stored} >= {r.id for r in [*sent.results, *zipped.results]}
     assert ready["processor"]["running"] is True
     assert (ready["processor"].get("pid") is not None) is process

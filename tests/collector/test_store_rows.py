@@ -37,13 +37,16 @@ from tests.collector.batches import batch, result
 LIMITS = ingest.Limits.from_settings(CollectorSettings())
 
 
-def body_entry(b: Batch, tenant: str = "t", *, gzipped: bool = False) -> bytes:
-    """The log entry the collector writes for a plugin-shaped batch (sent gzipped or not)."""
+def body_entry(b: Batch, tenant: str = "t", *, gzipped: bool = False, rows: bool = True) -> bytes:
+    """The log entry the collector writes for a plugin-shaped batch (sent gzipped or not;
+    ``rows=False``: a gzipped one as it was written before entries carried their rows)."""
     raw = orjson.dumps(batch_to_dict(b), default=dict)
     checked = ingest.check_batch(orjson.loads(raw), raw, LIMITS)
     assert isinstance(checked, ingest.Checked)
     wire = gzip.compress(raw) if gzipped else None
-    return encode_body_entry(tenant, checked.run, checked.body, wire)
+    return encode_body_entry(
+        tenant, checked.run, checked.body, wire, checked.results if rows else None
+    )
 
 
 def answers(store: SqliteStore, tenant: str = "t", suite: str = "default") -> dict[str, Any]:
@@ -63,7 +66,7 @@ def answers(store: SqliteStore, tenant: str = "t", suite: str = "default") -> di
 @pytest.mark.parametrize("gzipped", [False, True], ids=["plain", "gzipped"])
 def test_body_entry_rows_are_its_results_and_its_bytes_their_blob(gzipped: bool) -> None:
     b = batch(4, message="boom", tags={"a": "1"})
-    entry = body_entry(b, gzipped=gzipped)
+    entry = body_entry(b, gzipped=gzipped, rows=False)
     assert entry.startswith(b'{"v":3,') is gzipped
     if gzipped:
         assert b'"results"' not in entry  # the body stays compressed
@@ -76,6 +79,23 @@ def test_body_entry_rows_are_its_results_and_its_bytes_their_blob(gzipped: bool)
     assert results_in(group.blob) == [result_to_dict(r) for r in b.results]
     (expected,) = rows_of_records(decode_entry(entry))
     assert (expected.rows, results_in(expected.blob)) == (group.rows, results_in(group.blob))
+
+
+def test_gzipped_body_entry_carries_its_rows_and_stores_without_them() -> None:
+    b = batch(5, message="boom\nwith a newline", tags={"a": "1\n2"})
+    odd = result(9, nodeid="t/test_x.py::test_y[a\nb]", outcome="failed")  # escaped in JSON
+    b = Batch(b.run, [*b.results, odd])
+    entry = body_entry(b, gzipped=True)
+    before = body_entry(b, gzipped=True, rows=False)
+    assert entry.startswith(b'{"v":4,')
+    assert entry.count(b"\n", 0, len(entry) - len(before.partition(b"\n")[2])) == 2
+    (group,) = decode_entry_rows(entry)
+    (expected,) = decode_entry_rows(before)  # gunzipped and parsed
+    assert (group.tenant, group.run, group.rows) == (expected.tenant, expected.run, expected.rows)
+    assert all(type(row) is tuple for row in group.rows)
+    assert group.blob == before  # the store keeps the entry without the rows line
+    assert results_in(entry) == results_in(group.blob) == [result_to_dict(r) for r in b.results]
+    assert decode_entry(entry) == decode_entry(before)
 
 
 def test_record_entries_decode_into_the_same_rows() -> None:
@@ -101,6 +121,10 @@ def test_record_entries_decode_into_the_same_rows() -> None:
             id="result-missing-fields",
         ),
         pytest.param(b'{"v":3,"tenant":"t","run":{"run_id":"r"}}\nnot gzip', id="damaged-gzip"),
+        pytest.param(b'{"v":4,"tenant":"t","run":{"run_id":"r"}}\n[["a"]]\n', id="short-row"),
+        pytest.param(b'{"v":4,"tenant":"t","run":{"run_id":"r"}}\n{}\n', id="rows-object"),
+        pytest.param(b'{"v":4,"tenant":"t","run":{"run_id":"r"}}\n[]', id="no-body-line"),
+        pytest.param(b'{"v":4,"tenant":"t","run":{"run_id":"r"}}\n[[1,2\n', id="rows-not-json"),
     ],
 )
 def test_malformed_entry_is_skipped_and_the_next_applied(
