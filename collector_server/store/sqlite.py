@@ -61,6 +61,7 @@ from collector_server.store.sqlite_write import (
     chunks,
     merge_tests,
     prepare,
+    statistics,
 )
 from pytest_testengine.model import Record, run_from_dict
 
@@ -279,7 +280,7 @@ class SqliteStore:
                 )
             ]
             if groups:
-                merge_tests(conn, prepare(groups, self.clock()).tests, self._known)
+                merge_tests(conn, statistics(groups, self.clock()), self._known)
                 conn.execute("DELETE FROM unmerged")
 
     @contextlib.contextmanager
@@ -380,6 +381,9 @@ class SqliteStore:
                         raise
                 else:
                     defer_statistics = False  # another writer lets its statistics wait
+            if self._pending.lost:  # a failed write forgot statistics that waited: again
+                self._merge_unmerged()
+                self._pending.lost = False
             with self._transaction() as conn:
                 new = apply(conn, write, self._known, self._pending, defer=defer_statistics)
                 if offsets:

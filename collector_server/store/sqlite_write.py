@@ -13,11 +13,11 @@ another thread than the transaction); :func:`apply` runs inside the caller's tra
    results as they arrived, rewritten without the dropped ones if some were) with the range
    of its ``seq`` numbers, its suite and run: what the read API answers.
 2. runs, build_runs, suites: one upsert per run, build run and suite.
-3. tests: the results are aggregated per test in Python (one row per test per
-   transaction), merged with the stored row (as this connection last wrote it, see
-   :class:`KnownTests`, else read) and written back; while the writer is behind, this may
-   wait for a later transaction (see :class:`PendingTests`): the ``unmerged`` table lists
-   the batches whose statistics wait.
+3. tests: the new results are added up per test in Python (see :class:`PendingTests`: one
+   row per test per transaction), merged with the stored row (as this connection last
+   wrote it, see :class:`KnownTests`, else read) and written back; while the writer is
+   behind, this may wait for a later transaction: the ``unmerged`` table lists the batches
+   whose statistics wait.
 """
 
 from __future__ import annotations
@@ -81,12 +81,13 @@ _UPSERT_SUITE: Final = (
     " last_seen = excluded.last_seen, results = results + excluded.results"
 )
 
-#: A test's statistics in a write: [file, runs, its last RECENT_DURATIONS passing durations
-#: oldest first (a tuple), last outcome, last seen, then its count of each outcome in
-#: OUTCOME_COLUMNS order].  One list per test: the counts are inline and the durations a
-#: tuple of floats, which the garbage collector stops visiting once it has seen it.
+#: A test's statistics in a write: [file, runs, its passing durations oldest first (a list,
+#: appended to and cut to the last RECENT_DURATIONS once it holds twice as many), last
+#: outcome, last seen, then its count of each outcome in OUTCOME_COLUMNS order].
 _Delta = list[Any]
 _COUNTS: Final = 5  # where a delta's counts start
+#: The statistics of tests in a write: by (tenant, suite), by nodeid.
+Tests = dict[tuple[str, str], dict[str, _Delta]]
 #: A run's counts in a write: [info (JSON), started, finished, total, counts by outcome].
 _RunDelta = list[Any]
 
@@ -113,38 +114,30 @@ def insert_rows(
             conn.execute(head + ", ".join([per_row] * (len(part) // width)) + tail, part)
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class PreparedWrite:
-    """A write worked out in Python, before the transaction (see :func:`prepare`).  A failed
-    transaction can be retried with it: applying it changes nothing in it until it commits.
-    Once its test statistics wait in a store (a deferred write that committed), their deltas
-    are that store's (:class:`PendingTests` takes them over instead of copying them): the
-    write is ``spent``, and applying it again (to any store) prepares it anew from its
-    groups."""
+    """A write worked out in Python, before the transaction (see :func:`prepare`).  Applying
+    it changes nothing in it: a failed transaction can be retried with it, and it can be
+    applied to several stores."""
 
     groups: Sequence[RunRows]
     count: int
     now: float
     results: list[Any]  # the parameters of the results insert, row after row
-    tests: dict[tuple[str, str], dict[str, _Delta]]  # by (tenant, suite), by nodeid
     runs: dict[tuple[str, str, str], _RunDelta]  # by (tenant, suite, run_id)
     builds: list[tuple[Any, ...]]
     suites: dict[tuple[str, str], int]
-    spent: bool = False
 
 
 def prepare(groups: Sequence[RunRows], now: float) -> PreparedWrite:
     """Everything a write of ``groups`` needs that does not depend on the store: the rows of
-    the results insert and the statistics of these results, assuming every one is new."""
+    the results insert and the counts of runs and suites, assuming every result is new (the
+    statistics of tests are added up in the transaction, see :meth:`PendingTests.add`)."""
     index = _OUTCOME_INDEX
-    passed = _PASSED
     width = len(OUTCOME_COLUMNS)
-    ones = _ONE_OF
-    recent_n = RECENT_DURATIONS
     params: list[Any] = []
     extend = params.extend
     count = 0
-    tests: dict[tuple[str, str], dict[str, _Delta]] = {}
     runs: dict[tuple[str, str, str], _RunDelta] = {}
     builds: list[tuple[Any, ...]] = []
     suites: dict[tuple[str, str], int] = {}
@@ -154,9 +147,6 @@ def prepare(groups: Sequence[RunRows], now: float) -> PreparedWrite:
         count += len(rows)
         suite_key = (tenant, suite)
         suites[suite_key] = suites.get(suite_key, 0) + len(rows)
-        stats = tests.get(suite_key)
-        if stats is None:
-            stats = tests[suite_key] = {}
         run_key = (tenant, suite, run_id)
         rd = runs.get(run_key)
         if rd is None:
@@ -176,30 +166,62 @@ def prepare(groups: Sequence[RunRows], now: float) -> PreparedWrite:
                 )
         run_counts: list[int] = rd[4]
         started, finished = rd[1], rd[2]
-        for id_, nodeid, file, outcome, duration, start, stop in rows:
+        for id_, nodeid, _file, outcome, _duration, start, stop in rows:
             extend((tenant, id_, nodeid))
-            i = index[outcome]
-            run_counts[i] += 1
+            run_counts[index[outcome]] += 1
             if start and (started is None or start < started):
                 started = start
             if stop and (finished is None or stop > finished):
                 finished = stop
+        rd[1], rd[2] = started, finished
+        rd[3] += len(rows)
+    return PreparedWrite(groups, count, now, params, runs, builds, suites)
+
+
+def add_statistics(into: Tests, groups: Sequence[RunRows], now: float) -> int:
+    """Add the statistics of the results of ``groups`` (written at ``now``) to ``into``, in
+    place; return how many tests were not in it.  Results without a stop time count as
+    seen at ``now``."""
+    index = _OUTCOME_INDEX
+    passed = _PASSED
+    ones = _ONE_OF
+    recent_n = RECENT_DURATIONS
+    keep = 2 * recent_n
+    added = 0
+    for g in groups:
+        suite_key = (g.tenant, g.run.suite)
+        stats = into.get(suite_key)
+        if stats is None:
+            stats = into[suite_key] = {}
+        get = stats.get
+        for _id, nodeid, file, outcome, duration, _start, stop in g.rows:
+            i = index[outcome]
             seen = stop or now
-            d = stats.get(nodeid)
+            d = get(nodeid)
             if d is None:
-                durations = (duration,) if i == passed else ()
+                durations = [duration] if i == passed else []
                 stats[nodeid] = [file, 1, durations, outcome, seen, *ones[i]]
+                added += 1
                 continue
+            d[0] = file
             d[1] += 1
             d[_COUNTS + i] += 1
             if i == passed:
-                d[2] = (*d[2], duration)[-recent_n:]
+                durations = d[2]
+                durations.append(duration)
+                if len(durations) > keep:
+                    del durations[:-recent_n]
             if seen >= d[4]:
                 d[3] = outcome
                 d[4] = seen
-        rd[1], rd[2] = started, finished
-        rd[3] += len(rows)
-    return PreparedWrite(groups, count, now, params, tests, runs, builds, suites)
+    return added
+
+
+def statistics(groups: Sequence[RunRows], now: float) -> Tests:
+    """The statistics of the results of ``groups`` alone (see :func:`add_statistics`)."""
+    tests: Tests = {}
+    add_statistics(tests, groups, now)
+    return tests
 
 
 def apply(
@@ -217,8 +239,6 @@ def apply(
     with it) and to tell ``known`` and ``pending`` whether it committed."""
     if not write.count and not pending.tests:
         return 0
-    if write.spent:  # its statistics wait in a store, changed since: work them out again
-        write = prepare(write.groups, write.now)
     known.check(conn)
     (last,) = conn.execute("SELECT coalesce(max(seq), 0) FROM results").fetchone()
     if write.count:
@@ -234,11 +254,12 @@ def apply(
     if write.count:
         batches = _write_batches(conn, write.groups, last)
         _write_statistics(conn, write)
-    tests = pending.take(write, defer=defer, batches=batches)
+    waiting = pending.batches
+    tests = pending.add(write, defer=defer, batches=batches)
     if tests is None:
         conn.executemany("INSERT INTO unmerged (last) VALUES (?)", batches)
     else:
-        conn.executemany("DELETE FROM unmerged WHERE last = ?", pending.batches)
+        conn.executemany("DELETE FROM unmerged WHERE last = ?", waiting)
         merge_tests(conn, tests, known)
     return write.count
 
@@ -370,11 +391,9 @@ def _median(values: Sequence[float]) -> float | None:
     return ordered[half] if n % 2 else (ordered[half - 1] + ordered[half]) / 2
 
 
-Tests = dict[tuple[str, str], dict[str, _Delta]]
-
-
 class PendingTests:
-    """Test statistics of committed results that are not in the ``tests`` table yet.
+    """The test statistics of the results of a write in progress and, while the writer is
+    behind, of committed results that are not in the ``tests`` table yet.
 
     Merging a test's statistics (its row read or remembered, merged, written back) is about
     half the work of a write.  A writer that is behind (more is waiting to be written) may
@@ -384,10 +403,11 @@ class PendingTests:
     ``unmerged`` table, so what a crash loses here is merged again from the stored results
     (see ``SqliteStore``: one writer at a time may let statistics wait).
 
-    The deltas in :attr:`tests` are its own: those of a write that waits are taken over
-    when it commits (the write is then spent, see :class:`PreparedWrite`) and later writes
-    are added to them in place; what :meth:`take` hands out to merge shares them, and is
-    not changed.
+    Each write adds its results to :attr:`tests` in place (:meth:`add`, in its transaction):
+    no statistics of a write are worked out only to be added to those waiting.  A
+    transaction that rolls back after that leaves them wrong: :meth:`rolled_back` forgets
+    them, and when some of them were of committed results (:attr:`lost`), the store merges
+    the ``unmerged`` batches again before its next write.
     """
 
     def __init__(self, delay: float = STATISTICS_DELAY, limit: int = PENDING_TESTS) -> None:
@@ -398,87 +418,43 @@ class PendingTests:
         self.since: float | None = None  # when the oldest of them was written
         #: the ``unmerged`` rows of the batches whose statistics wait here
         self.batches: list[tuple[int]] = []
-        #: what the transaction in progress does: (merged now?, its write, batches)
-        self._after: tuple[bool, PreparedWrite, list[tuple[int]]] | None = None
+        #: statistics of committed results were forgotten (see :meth:`rolled_back`)
+        self.lost = False
+        #: what the transaction in progress does: (merged now?, its batches, its time)
+        self._after: tuple[bool, list[tuple[int]], float] | None = None
 
-    def take(self, write: PreparedWrite, *, defer: bool, batches: list[tuple[int]]) -> Tests | None:
-        """The statistics to merge in the transaction in progress (those waiting and those
-        of ``write``, of ``batches``), or None if those of ``write`` can wait too.  Changes
-        nothing (neither ``write`` nor what waits) until :meth:`committed`."""
-        since, tests = self.since, write.tests
+    def add(self, write: PreparedWrite, *, defer: bool, batches: list[tuple[int]]) -> Tests | None:
+        """Add the statistics of ``write`` (of ``batches``) to those waiting; return them all
+        to merge in the transaction in progress, or None if they can wait."""
+        since = self.since
         due = since is not None and (
             not 0 <= write.now - since < self.delay  # or the clock went back
             or self.size >= self.limit
         )
-        if defer and not due:
-            self._after = (False, write, batches)
-            return None
-        self._after = (True, write, batches)
-        if not self.tests:
-            return tests
-        merged = {key: dict(stats) for key, stats in self.tests.items()}
-        fold(merged, tests, own=False)
-        return merged
+        self._after = (not defer or due, batches, write.now)
+        self.size += add_statistics(self.tests, write.groups, write.now)
+        return None if defer and not due else self.tests
 
     def committed(self) -> None:
         after, self._after = self._after, None
         if after is None:
             return
-        merged, write, batches = after
+        merged, batches, now = after
         if merged:
-            self.tests, self.size, self.since, self.batches = {}, 0, None, []
+            self.forget()
             return
-        # the write committed: its deltas are ours to keep and change, not to copy
-        write.spent = True
-        self.size += fold(self.tests, write.tests, own=True)
-        self.batches.extend(batches)
-        if self.since is None:
-            self.since = write.now
+        self.batches = [*self.batches, *batches]  # a new list: apply() kept the old one
+        if self.since is None and self.tests:
+            self.since = now
 
     def rolled_back(self) -> None:
+        if self._after is not None:  # statistics were added: forget them all
+            self.lost = self.lost or bool(self.batches)
+            self.forget()
         self._after = None
 
-
-def fold(into: Tests, tests: Tests, *, own: bool) -> int:
-    """Add the statistics ``tests`` (of later results) to ``into``; return how many tests
-    were not in it.
-
-    With ``own``, ``into`` owns its deltas (changes them in place) and takes over those of
-    ``tests``, which the caller gives up: nothing may read ``tests`` afterwards (see
-    :meth:`PendingTests.committed`).  Without, no delta of either is changed (a folded test
-    gets a new one) and ``into`` may share those of ``tests``."""
-    recent_n = RECENT_DURATIONS
-    index = _OUTCOME_INDEX
-    added = 0
-    for key, stats in tests.items():
-        known = into.get(key)
-        if known is None:
-            into[key] = stats if own else dict(stats)
-            added += len(stats)
-            continue
-        get = known.get
-        for nodeid, d in stats.items():
-            old = get(nodeid)
-            if old is None:
-                known[nodeid] = d
-                added += 1
-                continue
-            if not own:
-                old = known[nodeid] = [*old]
-            if d[2]:
-                durations = old[2] + d[2]
-                old[2] = durations[-recent_n:] if len(durations) > recent_n else durations
-            i = _COUNTS + index[d[3]]
-            if d[i] == d[1]:  # every result had the last outcome (one result, or stable)
-                old[i] += d[1]
-            else:
-                old[_COUNTS:] = map(add, old[_COUNTS:], d[_COUNTS:])
-            old[0] = d[0]
-            old[1] += d[1]
-            if d[4] >= old[4]:
-                old[3] = d[3]
-                old[4] = d[4]
-    return added
+    def forget(self) -> None:
+        self.tests, self.size, self.since, self.batches = {}, 0, None, []
 
 
 def merge_tests(conn: sqlite3.Connection, tests: Tests, known: KnownTests) -> None:
@@ -513,7 +489,8 @@ def merge_tests(conn: sqlite3.Connection, tests: Tests, known: KnownTests) -> No
         written: dict[str, tuple[Any, ...]] = {}
         for nodeid in nodeids:
             d = stats[nodeid]
-            runs, durations, last_outcome, last_seen = d[1], d[2], d[3], d[4]
+            runs, last_outcome, last_seen = d[1], d[3], d[4]
+            durations = tuple(d[2][-recent_n:])
             old = stored.get(nodeid)
             if old is None:
                 counts = tuple(d[_COUNTS:])

@@ -234,10 +234,13 @@ def in_rounds(records: list[Record], size: int) -> list[list[Record]]:
     return [records[start : start + size] for start in range(0, len(records), size)]
 
 
+@pytest.mark.parametrize("merging", [False, True], ids=["waiting", "merging"])
 @pytest.mark.parametrize("size", [5, 40], ids=["each-test-once-a-write", "each-test-8-times"])
 def test_a_waiting_write_rolled_back_retried_and_applied_again_counts_once(
-    open_store: Any, size: int
+    open_store: Any, size: int, merging: bool
 ) -> None:
+    """A write fails once its statistics were added to those waiting (``merging``: in the
+    write that merges them all); what waited is merged again from the stored results."""
     store, reference = open_store(), open_store("reference.db")
     conn = store._conn
     assert conn is not None
@@ -250,7 +253,7 @@ def test_a_waiting_write_rolled_back_retried_and_applied_again_counts_once(
                 " BEGIN SELECT RAISE(FAIL, 'disk full'); END"
             )
             with pytest.raises(sqlite3.IntegrityError, match="disk full"):
-                store.write_prepared(work, offsets={"local": n}, defer_statistics=True)
+                store.write_prepared(work, offsets={"local": n}, defer_statistics=not merging)
             conn.execute("DROP TRIGGER no_offsets")
         assert store.write_prepared(work, offsets={"local": n}, defer_statistics=True) == len(part)
         assert store.write_prepared(work, defer_statistics=True) == 0  # committed: all known
