@@ -1,12 +1,23 @@
 """Prometheus metrics of one collector app (its own registry, so apps in one process and tests
-do not share counters).  Served as text at ``GET /metrics``."""
+do not share counters).  Served as text at ``GET /metrics``, with the standard ``process_*``,
+``python_info`` and ``python_gc_*`` metrics of the serving process that prometheus_client's
+default registry has."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
 
@@ -18,6 +29,9 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        ProcessCollector(registry=r)  # CPU, memory, open files of this process (Linux)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)  # collections per generation: see processor.settle_gc
         self.requests = Counter(
             "testengine_http_requests",
             "HTTP requests by route, method and status",

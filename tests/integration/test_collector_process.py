@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -82,6 +83,26 @@ def test_factory_passes_settings_from_env(collector_factory: CollectorFactory) -
     assert response.json()["error"]["field"] == "results"
     assert collector.get("/healthz").json() == {"status": "ok"}
     assert "testengine_http_requests_total" in collector.get("/metrics").text
+
+
+def young_collections(collector: CollectorProcess) -> float:
+    """The serving process's young garbage collections so far (its ``/metrics``)."""
+    text = collector.get("/metrics").text
+    found = re.search(r'^python_gc_collections_total\{generation="0"\} (\S+)$', text, re.M)
+    assert found is not None, text[:500]
+    return float(found.group(1))
+
+
+def test_serve_collects_young_objects_every_100000_allocations(
+    collector: CollectorProcess,
+) -> None:
+    # processor.settle_gc in the serving process: with Python's default (every 700
+    # allocations) these 10,000 results cost about twenty young collections
+    before = young_collections(collector)
+    for _ in range(20):
+        assert collector.post_batch(batch(500, suite="gc")).status_code == 202
+    assert young_collections(collector) - before <= 2
+    assert "process_resident_memory_bytes" in collector.get("/metrics").text
 
 
 def test_one_collector_per_data_dir(collector: CollectorProcess) -> None:

@@ -55,12 +55,13 @@ def test_the_processor_process_runs_with_its_collector_settled(tmp_path: Path) -
 
 
 def test_other_processes_that_apply_results_settle_their_collector() -> None:
-    # serve, process and the Kafka consumer child need a server or a broker to start; that
-    # they call it is checked in their source (the function itself is tested above)
+    # process and the Kafka consumer child need a broker to start; that they call it is
+    # checked in their source (the function itself is tested above; serve is shown by
+    # running it, through its metrics, in tests/integration/test_collector_process.py)
     import inspect
 
     from collector_server import __main__ as cli
     from collector_server import consumer_child
 
-    for function in (consumer_child.run_child, cli.process, cli._serve):
+    for function in (consumer_child.run_child, cli.process):
         assert "settle_gc()" in inspect.getsource(function), function.__qualname__
