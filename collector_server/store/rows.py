@@ -174,7 +174,8 @@ def _plain_record(obj: Any) -> tuple[str, dict[str, Any], dict[str, Any]] | None
     None."""
     if type(obj) is not dict or obj.get("schema") != SCHEMA_VERSION:
         return None
-    tenant, run, r = obj.get("tenant"), obj.get("run"), obj.get("result")
+    tenant, run = obj.get("tenant"), obj.get("run")
+    r: Any = obj.get("result")  # a result dict once checked below
     if not (
         type(tenant) is str
         and tenant
@@ -183,7 +184,16 @@ def _plain_record(obj: Any) -> tuple[str, dict[str, Any], dict[str, Any]] | None
         and run["run_id"]
         and type(run.get("suite")) is str
         and run["suite"]
-        and type(r) is dict
+        and _plain_result(r)
+    ):
+        return None
+    return tenant, run, r
+
+
+def _plain_result(r: Any) -> bool:
+    """Whether a decoded result has exactly the fields of a result, of their types."""
+    return bool(
+        type(r) is dict
         and r.keys() == _RESULT_KEYS
         and type(r["id"]) is str
         and r["id"]
@@ -198,9 +208,54 @@ def _plain_record(obj: Any) -> tuple[str, dict[str, Any], dict[str, Any]] | None
         and type(r["duration"]) in _NUMBERS
         and type(r["start"]) in _NUMBERS
         and type(r["stop"]) in _NUMBERS
-    ):
-        return None
-    return tenant, run, r
+    )
+
+
+#: Where the result starts in a record value as ``model.encode_record`` and the Kafka sink
+#: write it: ``{"schema":1,"tenant":...,"run":{...},"result":{...}}``.
+_RESULT_AT: Final = b',"result":'
+
+
+class _Head:
+    """The bytes of a plain record value before its result, and what they decode to.
+
+    The records of one batch share their tenant and run, so their values start with the same
+    bytes: a value that starts with the head of the last plain value, and whose rest is one
+    JSON object and a closing brace, decodes to that head's tenant and run and that object
+    (the bytes of a head are kept only if its value decoded that way).  Only the result is
+    parsed then, and its bytes go into the blob as they are."""
+
+    __slots__ = ("data", "run", "tenant")
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.tenant = ""
+        self.run: dict[str, Any] = {}
+
+    def result_of(self, value: bytes) -> tuple[dict[str, Any], bytes] | None:
+        """(result, its bytes) of a value starting with this head, if it is plain; else None."""
+        data = self.data
+        if not data or not value.startswith(data) or value[-1:] != b"}":
+            return None
+        raw = value[len(data) : -1]
+        try:
+            r = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return None
+        return (r, raw) if _plain_result(r) else None
+
+    def learn(self, value: bytes, tenant: str, run: dict[str, Any], r: dict[str, Any]) -> None:
+        """Keep the head of a plain value (decoded as ``tenant``, ``run``, ``r``)."""
+        cut = value.find(_RESULT_AT)
+        if cut < 0 or value[-1:] != b"}":
+            return
+        head = value[: cut + len(_RESULT_AT)]
+        try:
+            same = orjson.loads(value[len(head) : -1]) == r
+        except orjson.JSONDecodeError:
+            same = False
+        if same:
+            self.data, self.tenant, self.run = head, tenant, run
 
 
 def rows_of_values(
@@ -208,44 +263,56 @@ def rows_of_values(
 ) -> tuple[list[RunRows], list[tuple[int, str]]]:
     """The rows of Kafka record values (``model.encode_record``), in order, and the index and
     problem of each value that cannot be stored.  A value of the usual shape becomes a row
-    straight from its JSON; any other goes through ``slow`` (the consumer's decode_message),
-    so it is accepted or refused exactly as before.  The run of a group is the first one seen
-    for its (tenant, suite, run_id) in these values."""
+    straight from its JSON (only its result parsed when it starts like the one before, see
+    :class:`_Head`); any other goes through ``slow`` (the consumer's decode_message), so it
+    is accepted or refused exactly as before.  The run of a group is the first one seen for
+    its (tenant, suite, run_id) in these values."""
     parts: list[tuple[str, RunInfo, list[Row], list[Any]]] = []
     problems: list[tuple[int, str]] = []
     runs: dict[tuple[str, str, str], RunInfo] = {}
     rows: list[Row] = []
-    results: list[Any] = []  # result dicts and Result objects, encoded once per group
+    #: result dicts, Result objects and results' JSON bytes, encoded once per group
+    results: list[Any] = []
     current: tuple[str, str, str] | None = None
     loads = orjson.loads
+    head = _Head()
     for i, value in enumerate(values):
         run_obj: dict[str, Any] | None = None
         decoded_run: RunInfo | None = None
         result: Any
         plain = None
-        if value is not None:
-            try:
-                plain = _plain_record(loads(value))
-            except orjson.JSONDecodeError:
-                plain = None
-        if plain is not None:
-            tenant, run_obj, r = plain
+        found = None if value is None else head.result_of(value)
+        if found is not None:
+            tenant, run_obj = head.tenant, head.run
+            r, result = found
             key = (tenant, run_obj["suite"], run_obj["run_id"])
-            if key not in runs:
-                try:
-                    runs[key] = run_from_dict(run_obj)
-                except (TypeError, ValueError, KeyError):  # a run the shape check let by:
-                    plain = None  # the slow path accepts or refuses the value
-        if plain is not None:
-            row, result = row_of(r), r
+            row = row_of(r)
         else:
-            record, problem = slow(value)
-            if record is None:
-                problems.append((i, problem or "malformed"))
-                continue
-            tenant, decoded_run = record.tenant, record.run
-            key = (tenant, decoded_run.suite, decoded_run.run_id)
-            row, result = row_of_result(record.result), record.result
+            if value is not None:
+                try:
+                    plain = _plain_record(loads(value))
+                except orjson.JSONDecodeError:
+                    plain = None
+            if plain is not None:
+                tenant, run_obj, r = plain
+                key = (tenant, run_obj["suite"], run_obj["run_id"])
+                if key not in runs:
+                    try:
+                        runs[key] = run_from_dict(run_obj)
+                    except (TypeError, ValueError, KeyError):  # a run the shape check let by:
+                        plain = None  # the slow path accepts or refuses the value
+            if plain is not None:
+                assert value is not None
+                head.learn(value, tenant, plain[1], r)
+                row, result = row_of(r), r
+            else:
+                record, problem = slow(value)
+                if record is None:
+                    problems.append((i, problem or "malformed"))
+                    continue
+                tenant, decoded_run = record.tenant, record.run
+                key = (tenant, decoded_run.suite, decoded_run.run_id)
+                row, result = row_of_result(record.result), record.result
         if key != current:
             run = runs.get(key)
             if run is None:
@@ -254,5 +321,13 @@ def rows_of_values(
             parts.append((tenant, run, rows, results))
         rows.append(row)
         results.append(result)
-    groups = [RunRows(t, run, rows, blob_of(results)) for t, run, rows, results in parts]
+    groups = [RunRows(t, run, rows, _blob_of_mixed(results)) for t, run, rows, results in parts]
     return groups, problems
+
+
+def _blob_of_mixed(results: list[Any]) -> bytes:
+    """:func:`blob_of` of results some of which are their JSON bytes already."""
+    if not any(type(r) is bytes for r in results):
+        return blob_of(results)
+    dumps = orjson.dumps
+    return b"[%s]" % b",".join(r if type(r) is bytes else dumps(r, default=plain) for r in results)

@@ -22,12 +22,18 @@ from collector_server.sinks.local import (
     encode_body_entry,
     encode_entry,
 )
-from collector_server.store.rows import results_in, rows_of_records, rows_of_values
+from collector_server.store.rows import (
+    results_in,
+    row_of_result,
+    rows_of_records,
+    rows_of_values,
+)
 from collector_server.store.sqlite import SqliteStore
 from pytest_testengine.model import (
     Batch,
     Record,
     batch_to_dict,
+    decode_record,
     encode_record,
     records_of,
     result_to_dict,
@@ -288,6 +294,41 @@ def test_kafka_values_give_the_rows_and_problems_of_their_records(open_store: An
     assert answers(by_rows) == answers(by_records)
     stored = {r["id"]: r for r in answers(by_rows)["results"]}
     assert "new_field" not in stored[records[3].result.id]
+
+
+def test_values_of_one_run_keep_their_results_bytes_in_the_blob() -> None:
+    # the records of a batch start alike: after the first, only the result is parsed, and
+    # its bytes are stored as they came (1.50 stays 1.50; encoded again it would be 1.5)
+    values = [encode_record(r) for r in many_executions()[:3]]
+    values = [v.replace(b'"call":0.5,', b'"call":0.50,') for v in values]
+    assert all(b'"call":0.50,' in v for v in values)
+    (group,), problems = rows_of_values(values, decode_message)
+    assert problems == []
+    assert group.rows == [row_of_result(decode_record(v).result) for v in values]
+    assert results_in(group.blob) == [result_to_dict(decode_record(v).result) for v in values]
+    assert group.blob.count(b'"call":0.50,') == 2  # all but the first, parsed whole
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        pytest.param(b',"tenant":"u"}', id="a-key-after-the-result"),
+        pytest.param(b"}}", id="two-braces"),
+        pytest.param(b" }", id="space"),
+        pytest.param(b"", id="cut-short"),
+    ],
+)
+def test_a_value_that_starts_like_the_one_before_but_ends_otherwise_is_decoded_whole(
+    tail: bytes,
+) -> None:
+    first, second = (encode_record(r) for r in many_executions()[:2])
+    odd = second[:-1] + tail  # the same head, something else after the result
+    values: list[bytes | None] = [first, odd]
+    groups, problems = rows_of_values(values, decode_message)
+    record, problem = decode_message(odd)
+    expected = [] if record is None else [(record.tenant, row_of_result(record.result))]
+    assert [(g.tenant, row) for g in groups for row in g.rows][1:] == expected
+    assert problems == ([] if record is not None else [(1, problem)])
 
 
 def test_record_entry_with_an_unknown_outcome_is_skipped(tmp_path: Path, open_store: Any) -> None:
