@@ -3,9 +3,12 @@
 Each round :meth:`ResultConsumer.poll_once` takes up to ``batch_size`` records, decodes them,
 moves records that cannot be decoded to the dead-letter topic ``<topic>.dlq`` (with headers
 naming the error and where the record came from), writes the rest to the store in one call,
-and only then commits the consumed offsets synchronously (``enable.auto.commit=false``).
-A crash before the commit redelivers the batch; the store deduplicates by result id, so the
-data is exactly-once.  When the store write or the dead-letter produce fails, nothing is
+and only then commits the consumed offsets (``enable.auto.commit=false``): without waiting for
+the answer while it goes on with the next batch (a commit that fails is logged, and the next
+one covers its offsets), and waiting for it when partitions are revoked and at the end.  A
+crash before a commit reached the broker redelivers its batch (at most two batches: the one
+being written and the one whose commit was under way); the store deduplicates by result id,
+so the data is exactly-once.  When the store write or the dead-letter produce fails, nothing is
 committed: the consumer seeks back to the first record of the batch and retries after a pause.
 
 Rebalances: offsets processed but not committed are committed when partitions are revoked
@@ -80,14 +83,16 @@ class ConsumerStats:
     new: int = 0
     malformed: int = 0
     commits: int = 0
+    commit_failures: int = 0  # answered with an error (their records come again)
     retries: int = 0
     assigned: list[int] = field(default_factory=list)  # partitions held now
     lag: dict[int, int] = field(default_factory=dict)  # records not yet consumed, by partition
 
     def summary(self) -> str:
+        failed = f" ({self.commit_failures} failed)" if self.commit_failures else ""
         return (
             f"{self.records} records consumed ({self.new} new), {self.malformed} malformed, "
-            f"{self.commits} commits"
+            f"{self.commits} commits{failed}"
         )
 
 
@@ -159,6 +164,7 @@ class ResultConsumer:
         self._dlq: Producer | None = None
         self._dlq_ready = False
         self._pending: dict[tuple[str, int], int] = {}  # stored, not yet committed: next offsets
+        self._unanswered = 0  # commits sent without waiting, not answered yet
         self._backoff = 0.5
         self._stop = threading.Event()
 
@@ -182,6 +188,7 @@ class ResultConsumer:
                 "enable.auto.offset.store": False,
                 "auto.offset.reset": "earliest",
                 "error_cb": self._on_error,
+                "on_commit": self._on_commit,
             },
             self.consumer_config,
         )
@@ -248,7 +255,7 @@ class ResultConsumer:
             self._backoff = min(self._backoff * 2, MAX_BACKOFF)
             return 0
         self._backoff = 0.5
-        self._commit(consumer)
+        self._commit(consumer, wait=False)
         self._update_lag(consumer)
         return len(batch)
 
@@ -378,7 +385,13 @@ class ResultConsumer:
 
     # -- offsets and rebalances
 
-    def _commit(self, consumer: Consumer, only: set[tuple[str, int]] | None = None) -> None:
+    def _commit(
+        self, consumer: Consumer, only: set[tuple[str, int]] | None = None, *, wait: bool = True
+    ) -> None:
+        """Commit the offsets stored and not committed yet (``only`` of these partitions);
+        ``wait=False``: send the commit and go on (its answer comes to :meth:`_on_commit`),
+        unless the one sent before has no answer yet: then wait for both, so that at most one
+        batch is stored with its commit under way besides the one being written."""
         offsets = [
             TopicPartition(topic, partition, offset)
             for (topic, partition), offset in self._pending.items()
@@ -387,8 +400,14 @@ class ResultConsumer:
         if not offsets:
             return
         try:
-            consumer.commit(offsets=offsets, asynchronous=False)
+            if wait or self._unanswered:
+                consumer.commit(offsets=offsets, asynchronous=False)
+                self._unanswered = 0  # answered in order: every commit before this one too
+            else:
+                consumer.commit(offsets=offsets, asynchronous=True)
+                self._unanswered += 1
         except KafkaException as exc:  # a rebalance in progress: the next owner redelivers
+            self.stats.commit_failures += 1
             log.warning(
                 "[testengine] offset commit failed (%s); those records will be delivered again "
                 "and deduplicated by the store",
@@ -443,6 +462,20 @@ class ResultConsumer:
                 if self.metrics:
                     self.metrics.consumer_lag.labels(str(tp.partition)).set(high - tp.offset)
         self.stats.lag = lag  # replaced, not changed: other threads read it
+
+    def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        """The answer to a commit (called from ``consume()`` or ``commit()``): the error of
+        the whole commit, or of some of its partitions."""
+        self._unanswered = max(0, self._unanswered - 1)
+        failed = [f"{tp.topic}[{tp.partition}]: {tp.error.str()}" for tp in partitions if tp.error]
+        if error is None and not failed:
+            return
+        self.stats.commit_failures += 1
+        log.warning(
+            "[testengine] offset commit failed (%s); those records will be delivered again "
+            "and deduplicated by the store",
+            error.str() if error is not None else "; ".join(failed),
+        )
 
     def _on_error(self, error: KafkaError) -> None:
         log.debug("Kafka consumer client error: %s", error.str())

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 from pathlib import Path
 
 import orjson
+import pytest
 from prometheus_client import CollectorRegistry
 
 from collector_server.consumer import ResultConsumer
@@ -16,6 +18,7 @@ from collector_server.kafka_metrics import KafkaMetrics
 from collector_server.sinks.kafka import KafkaSink
 from collector_server.store.sqlite import SqliteStore
 from pytest_testengine.model import Record, decode_record, encode_record, new_id
+from tests.support.kafka_collector import committed
 from tests.support.kafka_io import (
     consuming,
     header,
@@ -175,3 +178,46 @@ def test_statistics_of_full_batches_wait_and_an_empty_poll_merges_them(
         consumer.close()
         store.close()
         reference.close()
+
+
+def test_commits_do_not_hold_up_the_next_batch_and_a_failed_one_is_logged(
+    kafka_bootstrap: str, kafka_topic: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    produce(kafka_bootstrap, kafka_topic, sample_records(30))
+    store = MemoryStore()
+    consumer = ResultConsumer(
+        kafka_bootstrap,
+        kafka_topic,
+        "processors",
+        store,
+        batch_size=10,
+        partitions=1,
+        consumer_config=FAST_GROUP,
+        poll_timeout=0.2,
+    )
+    consumer.start()
+    try:
+        polled = [consumer.poll_once() for _ in range(200) if len(store.ids) < 30]
+        assert sum(polled) == 30
+        # sent without waiting; answered and on the broker by the time more polls ran
+        for _ in range(50):
+            if consumer._unanswered == 0:
+                break
+            consumer.poll_once()  # serves the answers
+        assert consumer._unanswered == 0
+        assert committed(kafka_bootstrap, kafka_topic, "processors", partitions=1) == 30
+        assert consumer.stats.commit_failures == 0
+
+        consumer._pending[(kafka_topic, 7)] = 1  # a partition the topic does not have
+        consumer._commit(consumer._require(), wait=False)
+        with caplog.at_level(logging.WARNING, logger="testengine"):
+            for _ in range(50):
+                if consumer.stats.commit_failures:
+                    break
+                consumer.poll_once()
+        assert consumer.stats.commit_failures == 1
+        assert "offset commit failed (Broker: Unknown topic or partition)" in caplog.text
+        assert "1 failed" in consumer.stats.summary()
+    finally:
+        consumer._pending.clear()
+        consumer.close()
