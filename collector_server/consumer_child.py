@@ -12,7 +12,8 @@ Pipes, one line per message:
 
 - collector -> child (stdin): ``S`` to stop (the child commits what it stored and leaves the
   group).  End of file means the collector is gone (even SIGKILLed): the child stops the same
-  way, so no consumer outlives its collector.
+  way, so no consumer outlives its collector.  A child that dies is started again (see
+  :class:`~collector_server.child.Supervised`); it resumes from the group's committed offsets.
 - child -> collector (stdout): JSON objects ``{"records": r, "new": k, "malformed": m,
   "partitions": [...], "lag": {partition: n}, "error": ...}`` (totals so far) after every
   batch and once a second; the collector turns them into ``/readyz`` and ``/metrics``.
@@ -25,7 +26,6 @@ import contextlib
 import logging
 import os
 import signal
-import subprocess
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -34,6 +34,7 @@ from typing import IO, Any, Final
 
 import orjson
 
+from collector_server.child import Supervised
 from collector_server.consumer import ConsumerError, ResultConsumer, processor_consumer
 from collector_server.kafka_metrics import KafkaMetrics
 from collector_server.processor import settle_gc
@@ -118,12 +119,20 @@ class ConsumerChild:
         self.settings = settings
         self.metrics = metrics
         self.on_applied = on_applied
-        self.error: str | None = None
         self.totals: dict[str, Any] = {"records": 0, "new": 0, "malformed": 0}
         self.partitions: list[int] = []
         self.partition_lag: dict[int, int] = {}
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._reader: threading.Thread | None = None
+        self._child = Supervised(
+            "Kafka processor process", self.command, self._update, on_spawn=self._spawning
+        )
+
+    @property
+    def error(self) -> str | None:
+        return self._child.error
+
+    @property
+    def restarts(self) -> int:
+        return self._child.restarts
 
     def command(self) -> list[str]:
         config = {
@@ -138,28 +147,18 @@ class ConsumerChild:
         ]
 
     def start(self) -> None:
-        self._proc = subprocess.Popen(
-            self.command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True
-        )
-        assert self._proc.stdout is not None
-        self._reader = threading.Thread(
-            target=self._read, args=(self._proc.stdout,), name="testengine-consumer-status"
-        )
-        self._reader.start()
+        self._child.start()
 
-    def _read(self, stream: IO[bytes]) -> None:
-        """Status lines until the child exits (then the pipe is closed here)."""
-        with stream:
-            for line in stream:
-                with contextlib.suppress(orjson.JSONDecodeError):
-                    self._update(orjson.loads(line))
+    def _spawning(self) -> None:
+        """A new child counts from zero (what the one before reported is counted already)."""
+        self.totals = dict.fromkeys(self.totals, 0)
 
     def _update(self, message: dict[str, Any]) -> None:
         before = self.totals
         after = {key: int(message.get(key, 0)) for key in before}
         delta = {key: after[key] - before[key] for key in before}
         self.totals = after
-        self.error = message.get("error")
+        self._child.error = message.get("error")
         self.partitions = [int(p) for p in message.get("partitions", ())]
         self.partition_lag = {int(p): int(n) for p, n in message.get("lag", {}).items()}
         if self.on_applied is not None and delta["records"]:
@@ -173,32 +172,17 @@ class ConsumerChild:
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """Ask the child to commit and leave the group; kill it after ``timeout``."""
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.stdin is not None:
-            with contextlib.suppress(OSError, ValueError), proc.stdin:
-                proc.stdin.write(b"S\n")
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout)
-        if proc.poll() is None:
-            log.warning("[testengine] the Kafka processor process did not stop in %g s", timeout)
-            proc.kill()
-            proc.wait()
-        reader, self._reader = self._reader, None
-        if reader is not None:
-            reader.join(timeout)
+        self._child.stop(timeout)
 
     @property
     def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        return self._child.alive
 
     @property
     def lag(self) -> int:
         return sum(self.partition_lag.values())
 
     def status(self) -> dict[str, object]:
-        proc = self._proc
         return {
             "running": self.running,
             "kind": "kafka",
@@ -208,7 +192,8 @@ class ConsumerChild:
             "records": self.totals["records"],
             "malformed": self.totals["malformed"],
             "error": self.error,
-            "pid": proc.pid if proc is not None else None,
+            "pid": self._child.pid,
+            "restarts": self.restarts,
         }
 
 

@@ -17,8 +17,9 @@ Pipes, one line per message:
   "error": ...}`` after every store commit and once a second; the collector uses them for
   ``/readyz``, ``/metrics`` and to let the log drop applied entries.
 
-A child that dies (killed, out of memory) is started again after ``RESTART_WAIT`` seconds; it
-resumes from the offset committed in the store.
+A child that dies (killed, out of memory) is started again after ``child.RESTART_WAIT``
+seconds (see :class:`~collector_server.child.Supervised`); it resumes from the offset committed
+in the store.
 
 Durability is the in-process processor's: a batch is answered 202 once the log is fsynced; the
 child commits the offset of the last applied entry in the same store transaction as the
@@ -30,9 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -42,6 +41,7 @@ from typing import IO, Any, Final
 
 import orjson
 
+from collector_server.child import Supervised
 from collector_server.processor import LocalProcessor, settle_gc
 from collector_server.sinks.local import LocalLog
 from collector_server.store.sqlite import SqliteStore
@@ -52,7 +52,6 @@ log = logging.getLogger("testengine.collector.processor")
 START_TIMEOUT: Final = 60.0  # seconds for the child to report its starting offset
 STOP_TIMEOUT: Final = 30.0
 HEARTBEAT: Final = 1.0  # seconds between status lines when nothing is applied
-RESTART_WAIT: Final = 1.0  # seconds before a processor process that died is started again
 
 
 class ChildProcessor:
@@ -73,14 +72,19 @@ class ChildProcessor:
         self.linger = linger
         self.on_applied = on_applied
         self.offset = 0
-        self.error: str | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._reader: threading.Thread | None = None
         self._started = threading.Event()
-        self._stopping = threading.Event()
         self._progress = threading.Condition()
-        self._write_lock = threading.Lock()
-        self.restarts = 0
+        self._child = Supervised(
+            "processor process", self.command, self._update, on_eof=self._ended
+        )
+
+    @property
+    def error(self) -> str | None:
+        return self._child.error
+
+    @property
+    def restarts(self) -> int:
+        return self._child.restarts
 
     def command(self) -> list[str]:
         return [
@@ -93,118 +97,51 @@ class ChildProcessor:
             repr(self.linger),
         ]
 
-    def _spawn(self) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(
-            self.command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True
-        )
-        assert proc.stdin is not None
-        os.set_blocking(proc.stdin.fileno(), False)  # never block the log writer
-        return proc
-
     def start(self) -> None:
-        self._stopping.clear()
-        self._proc = self._spawn()
-        self._reader = threading.Thread(target=self._supervise, name="testengine-processor-status")
-        self._reader.start()
+        self._child.start()
         if not self._started.wait(START_TIMEOUT):
-            self.error = f"the processor process did not start in {START_TIMEOUT:g} s"
-            log.error("[testengine] %s", self.error)
+            self._child.error = f"the processor process did not start in {START_TIMEOUT:g} s"
+            log.error("[testengine] %s", self._child.error)
 
-    def _supervise(self) -> None:
-        """Follow the child's status lines; when it dies (not asked to stop), start another
-        one after RESTART_WAIT seconds: it resumes from the offset committed in the store."""
-        while True:
-            proc = self._proc
-            if proc is None or proc.stdout is None:
-                return
-            self._read(proc.stdout)
-            status = proc.wait()
-            if self._stopping.is_set():
-                return
-            self.error = f"the processor process exited with status {status}; restarting it"
-            log.error("[testengine] %s", self.error)
-            if self._stopping.wait(RESTART_WAIT):
-                return
-            with self._write_lock:
-                if self._stopping.is_set():
-                    return
-                for stream in (proc.stdin, proc.stdout):
-                    if stream is not None:
-                        stream.close()
-                self._proc = self._spawn()
-                self.restarts += 1
+    def _update(self, message: dict[str, Any]) -> None:
+        offset = int(message.get("offset", 0))
+        self._child.error = message.get("error")
+        with self._progress:
+            self.offset = max(self.offset, offset) if self._started.is_set() else offset
+            self._progress.notify_all()
+        self.log.mark_consumed(self.offset)
+        self._started.set()
+        records = int(message.get("records", 0))
+        if records and self.on_applied is not None:
+            self.on_applied(records, int(message.get("new", 0)))
 
-    def _read(self, stream: IO[bytes]) -> None:
-        for line in stream:
-            try:
-                message: dict[str, Any] = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                continue
-            offset = int(message.get("offset", 0))
-            self.error = message.get("error")
-            with self._progress:
-                self.offset = max(self.offset, offset) if self._started.is_set() else offset
-                self._progress.notify_all()
-            self.log.mark_consumed(self.offset)
-            self._started.set()
-            records = int(message.get("records", 0))
-            if records and self.on_applied is not None:
-                self.on_applied(records, int(message.get("new", 0)))
+    def _ended(self) -> None:
         with self._progress:
             self._progress.notify_all()
 
-    def _send(self, line: bytes) -> None:
-        """Write one short line to the child (atomic for a pipe; dropped when it is full)."""
-        proc = self._proc
-        if proc is None or proc.stdin is None:
-            return
-        with self._write_lock, contextlib.suppress(OSError, ValueError):
-            os.write(proc.stdin.fileno(), line)
-
     def on_commit(self, first: int, batches: list[Sequence[Record]]) -> None:
         """Sink callback after a durable commit: wake the child (best effort)."""
-        self._send(b"W %d\n" % (first + len(batches) - 1))
+        self._child.send(b"W %d\n" % (first + len(batches) - 1))
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """Ask the child to apply what is left and exit; kill it after ``timeout``."""
-        self._stopping.set()
-        with self._write_lock:
-            proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        assert proc.stdin is not None
-        with contextlib.suppress(OSError, ValueError):
-            os.set_blocking(proc.stdin.fileno(), True)
-            os.write(proc.stdin.fileno(), b"S\n")
-        proc.stdin.close()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            log.warning("[testengine] the processor process did not stop in %g s", timeout)
-            proc.kill()
-            proc.wait()
-        if self._reader is not None:
-            self._reader.join(timeout)
-            self._reader = None
-        if proc.stdout is not None:
-            proc.stdout.close()
+        self._child.stop(timeout)
 
     @property
     def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None and self._started.is_set()
+        return self._child.alive and self._started.is_set()
 
     @property
     def lag(self) -> int:
         return max(0, self.log.last_offset - self.offset)
 
     def status(self) -> dict[str, object]:
-        proc = self._proc
         return {
             "running": self.running,
             "offset": self.offset,
             "lag": self.lag,
             "error": self.error,
-            "pid": proc.pid if proc is not None else None,
+            "pid": self._child.pid,
             "restarts": self.restarts,
         }
 

@@ -8,7 +8,9 @@ add up.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -118,6 +120,30 @@ def test_collector_killed_mid_stream_restarts_from_kafka(
     assert poster.accepted <= stored
     # a batch in flight at the kill may be in Kafka (in part), but is never stored twice
     assert len(results) == len(poster.accepted) + len(stored & poster.unknown)
+
+
+def test_a_killed_kafka_processor_process_is_started_again_and_catches_up(
+    kafka_bootstrap: str, kafka_topic: str, collector_factory: CollectorFactory
+) -> None:
+    collector = collector_factory(args=kafka_args(kafka_bootstrap, kafka_topic))
+    first = make_batch(20)
+    assert collector.post_batch(first).status_code == 202
+    collector_stored(collector, {r.id for r in first.results})
+    pid = collector.get("/readyz").json()["processor"]["pid"]
+    assert isinstance(pid, int)
+    os.kill(pid, signal.SIGKILL)
+    assert wait_until(lambda: not Path(f"/proc/{pid}").exists(), timeout=30)
+    # accepted meanwhile: in Kafka, stored by the next processor process (same group)
+    second = make_batch(30)
+    assert collector.post_batch(second).status_code == 202
+    results = collector_stored(collector, {r.id for r in [*first.results, *second.results]})
+    assert len(results) == 50
+    ready = collector.get("/readyz").json()["processor"]
+    assert ready["restarts"] == 1
+    assert ready["pid"] != pid
+    assert ready["running"] is True
+    assert "Kafka processor process exited with status -9; restarting it" in collector.output()
+    assert metric(collector.get("/metrics").text, "testengine_consumer_records_total") >= 50
 
 
 def test_collector_killed_with_a_full_wal_replays_it_after_restart(

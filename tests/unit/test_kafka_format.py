@@ -193,7 +193,24 @@ def test_the_processor_child_status_lines_become_metrics_and_status() -> None:
         "malformed": 1,
         "error": None,
         "pid": None,
+        "restarts": 0,
     }
+
+
+def test_a_processor_child_started_again_counts_from_zero_without_counting_twice() -> None:
+    registry = CollectorRegistry()
+    applied: list[tuple[int, int]] = []
+    child = ConsumerChild(
+        CollectorSettings(kafka_bootstrap="k:1", kafka_group="g"),
+        metrics=KafkaMetrics(registry),
+        on_applied=lambda records, new: applied.append((records, new)),
+    )
+    child._update({"records": 100, "new": 100, "malformed": 2})
+    child._spawning()  # the child died and another one starts: its totals start at zero
+    child._update({"records": 30, "new": 10, "malformed": 0})
+    assert applied == [(100, 100), (30, 10)]
+    assert registry.get_sample_value("testengine_consumer_records_total") == 130
+    assert registry.get_sample_value("testengine_consumer_malformed_records_total") == 2
 
 
 @given(
