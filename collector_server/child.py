@@ -147,3 +147,17 @@ class Supervised:
     def alive(self) -> bool:
         proc = self._proc
         return proc is not None and proc.poll() is None
+
+
+class ChildSide:
+    """The collector's side of a child: what it shows of its :class:`Supervised`."""
+
+    _child: Supervised
+
+    @property
+    def error(self) -> str | None:
+        return self._child.error
+
+    @property
+    def restarts(self) -> int:
+        return self._child.restarts

@@ -34,7 +34,7 @@ from typing import IO, Any, Final
 
 import orjson
 
-from collector_server.child import Supervised
+from collector_server.child import ChildSide, Supervised
 from collector_server.consumer import ConsumerError, ResultConsumer, processor_consumer
 from collector_server.kafka_metrics import KafkaMetrics
 from collector_server.processor import settle_gc
@@ -106,7 +106,7 @@ class ConsumerThread:
         }
 
 
-class ConsumerChild:
+class ConsumerChild(ChildSide):
     """The collector's side of the child process (see the module docstring)."""
 
     def __init__(
@@ -125,14 +125,6 @@ class ConsumerChild:
         self._child = Supervised(
             "Kafka processor process", self.command, self._update, on_spawn=self._spawning
         )
-
-    @property
-    def error(self) -> str | None:
-        return self._child.error
-
-    @property
-    def restarts(self) -> int:
-        return self._child.restarts
 
     def command(self) -> list[str]:
         config = {

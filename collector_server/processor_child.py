@@ -41,7 +41,7 @@ from typing import IO, Any, Final
 
 import orjson
 
-from collector_server.child import Supervised
+from collector_server.child import ChildSide, Supervised
 from collector_server.processor import LocalProcessor, settle_gc
 from collector_server.sinks.local import LocalLog
 from collector_server.store.sqlite import SqliteStore
@@ -54,7 +54,7 @@ STOP_TIMEOUT: Final = 30.0
 HEARTBEAT: Final = 1.0  # seconds between status lines when nothing is applied
 
 
-class ChildProcessor:
+class ChildProcessor(ChildSide):
     """The collector's side of the child process (see the module docstring)."""
 
     def __init__(
@@ -77,14 +77,6 @@ class ChildProcessor:
         self._child = Supervised(
             "processor process", self.command, self._update, on_eof=self._ended
         )
-
-    @property
-    def error(self) -> str | None:
-        return self._child.error
-
-    @property
-    def restarts(self) -> int:
-        return self._child.restarts
 
     def command(self) -> list[str]:
         return [

@@ -162,7 +162,8 @@ def test_the_processor_child_gets_the_kafka_settings_of_serve(tmp_path: Path) ->
     assert settings_of(command[3]) == settings
 
 
-def test_the_processor_child_status_lines_become_metrics_and_status() -> None:
+def child_with_metrics() -> tuple[ConsumerChild, CollectorRegistry, list[tuple[int, int]]]:
+    """A processor child's collector side (no process), its metrics and what it applied."""
     registry = CollectorRegistry()
     applied: list[tuple[int, int]] = []
     child = ConsumerChild(
@@ -170,6 +171,11 @@ def test_the_processor_child_status_lines_become_metrics_and_status() -> None:
         metrics=KafkaMetrics(registry),
         on_applied=lambda records, new: applied.append((records, new)),
     )
+    return child, registry, applied
+
+
+def test_the_processor_child_status_lines_become_metrics_and_status() -> None:
+    child, registry, applied = child_with_metrics()
     lines = [
         {"records": 0, "new": 0, "malformed": 0, "partitions": [], "lag": {}, "error": None},
         {"records": 100, "new": 90, "malformed": 1, "partitions": [0, 2], "lag": {"0": 5, "2": 7}},
@@ -198,13 +204,7 @@ def test_the_processor_child_status_lines_become_metrics_and_status() -> None:
 
 
 def test_a_processor_child_started_again_counts_from_zero_without_counting_twice() -> None:
-    registry = CollectorRegistry()
-    applied: list[tuple[int, int]] = []
-    child = ConsumerChild(
-        CollectorSettings(kafka_bootstrap="k:1", kafka_group="g"),
-        metrics=KafkaMetrics(registry),
-        on_applied=lambda records, new: applied.append((records, new)),
-    )
+    child, registry, applied = child_with_metrics()
     child._update({"records": 100, "new": 100, "malformed": 2})
     child._spawning()  # the child died and another one starts: its totals start at zero
     child._update({"records": 30, "new": 10, "malformed": 0})
