@@ -4,8 +4,9 @@ Each round :meth:`ResultConsumer.poll_once` takes up to ``batch_size`` records, 
 moves records that cannot be decoded to the dead-letter topic ``<topic>.dlq`` (with headers
 naming the error and where the record came from), writes the rest to the store in one call,
 and only then commits the consumed offsets (``enable.auto.commit=false``): without waiting for
-the answer while it goes on with the next batch (a commit that fails is logged, and the next
-one covers its offsets), and waiting for it when partitions are revoked and at the end.  A
+the answer while it goes on with the next batch (a commit that fails is logged; the next one
+of the same partitions covers its offsets, or its records come again and are deduplicated),
+and waiting for it when partitions are revoked and at the end.  A
 crash before a commit reached the broker redelivers its batch (at most two batches: the one
 being written and the one whose commit was under way); the store deduplicates by result id,
 so the data is exactly-once.  When the store write or the dead-letter produce fails, nothing is
