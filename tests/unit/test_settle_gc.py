@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from collector_server.processor import GC_THRESHOLDS
 
 CHECK = """
@@ -26,42 +28,57 @@ def test_settle_gc_freezes_start_up_and_raises_the_young_threshold() -> None:
     assert out.strip() == f"{GC_THRESHOLDS} True"
 
 
-CHILD = """
+#: Run one of the collector's processes with the loop that applies results replaced by a
+#: probe that prints the garbage collector's settings at that moment and stops.
+PROBE = """
 import gc, sys
 from pathlib import Path
-from collector_server import processor_child
+from collector_server.consumer import ResultConsumer
 from collector_server.processor import LocalProcessor
 
-def start(self):  # the collector is set by the time the processor starts
+def probe(self, *args, **kwargs):  # where results would start to be applied
     print(gc.get_threshold(), gc.get_freeze_count() > 1000, flush=True)
     sys.exit(0)
 
-LocalProcessor.start = start
+LocalProcessor.start = probe  # the embedded processor's thread
+ResultConsumer.start = lambda self: None  # no broker: the group is never joined
+ResultConsumer.run = probe  # the Kafka processor's loop
 tmp = Path(sys.argv[1])
-processor_child.run_child(tmp / "log.db", tmp / "store.db", 5000, 0.05)
+{start}
 """
 
+STARTS = {
+    # serve's default processor, a child process with the collector's log and store
+    "processor-child": (
+        "from collector_server import processor_child\n"
+        "processor_child.run_child(tmp / 'log.db', tmp / 'store.db', 5000, 0.05)"
+    ),
+    # serve's processor in Kafka mode, a child process
+    "kafka-child": (
+        "from collector_server import consumer_child\n"
+        "from collector_server.settings import CollectorSettings\n"
+        "consumer_child.run_child(CollectorSettings(data_dir=tmp, kafka_bootstrap='127.0.0.1:9'))"
+    ),
+    # testengine-collector process
+    "process": (
+        "from collector_server.__main__ import main\n"
+        "main(['process', '--kafka-bootstrap', '127.0.0.1:9', '--data-dir', str(tmp)])"
+    ),
+}
 
-def test_the_processor_process_runs_with_its_collector_settled(tmp_path: Path) -> None:
-    # the default processor: a child process started with the collector's log and store
+
+@pytest.mark.parametrize("name", list(STARTS))
+def test_each_process_applying_results_runs_with_its_collector_settled(
+    name: str, tmp_path: Path
+) -> None:
+    # serve's own process is shown through its metrics (tests/integration/
+    # test_collector_process.py); these are shown by running them up to their loop
     out = subprocess.run(
-        [sys.executable, "-c", CHILD, str(tmp_path)],
+        [sys.executable, "-c", PROBE.format(start=STARTS[name]), str(tmp_path)],
+        stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
-        check=True,
         timeout=60,
-    ).stdout
-    assert out.strip() == f"{GC_THRESHOLDS} True"
-
-
-def test_other_processes_that_apply_results_settle_their_collector() -> None:
-    # process and the Kafka consumer child need a broker to start; that they call it is
-    # checked in their source (the function itself is tested above; serve is shown by
-    # running it, through its metrics, in tests/integration/test_collector_process.py)
-    import inspect
-
-    from collector_server import __main__ as cli
-    from collector_server import consumer_child
-
-    for function in (consumer_child.run_child, cli.process):
-        assert "settle_gc()" in inspect.getsource(function), function.__qualname__
+    )
+    probed = [line for line in out.stdout.splitlines() if line.startswith("(")]  # not status
+    assert probed == [f"{GC_THRESHOLDS} True"], out.stderr[-2000:]
