@@ -408,12 +408,7 @@ class ResultConsumer:
                 consumer.commit(offsets=offsets, asynchronous=True)
                 self._unanswered += 1
         except KafkaException as exc:  # a rebalance in progress: the next owner redelivers
-            self.stats.commit_failures += 1
-            log.warning(
-                "[testengine] offset commit failed (%s); those records will be delivered again "
-                "and deduplicated by the store",
-                exc,
-            )
+            self._commit_failed(str(exc))
             return
         for tp in offsets:
             self._pending.pop((tp.topic, tp.partition), None)
@@ -469,13 +464,15 @@ class ResultConsumer:
         the whole commit, or of some of its partitions."""
         self._unanswered = max(0, self._unanswered - 1)
         failed = [f"{tp.topic}[{tp.partition}]: {tp.error.str()}" for tp in partitions if tp.error]
-        if error is None and not failed:
-            return
+        if error is not None or failed:
+            self._commit_failed(error.str() if error is not None else "; ".join(failed))
+
+    def _commit_failed(self, why: str) -> None:
         self.stats.commit_failures += 1
         log.warning(
             "[testengine] offset commit failed (%s); those records will be delivered again "
             "and deduplicated by the store",
-            error.str() if error is not None else "; ".join(failed),
+            why,
         )
 
     def _on_error(self, error: KafkaError) -> None:

@@ -443,7 +443,7 @@ class PendingTests:
         if merged:
             self.forget()
             return
-        self.batches = [*self.batches, *batches]  # a new list: apply() kept the old one
+        self.batches.extend(batches)
         if self.since is None and self.tests:
             self.since = now
 
