@@ -66,18 +66,26 @@ def batches(entries: int) -> tuple[list[list[Record]], list[bytes], list[bytes]]
     records, bodies, without_rows = [], [], []
     for _ in range(entries):
         wire = loadgen.body(BATCH, next(loadgen._runs))  # gzipped, as the plugin sends it
-        obj = orjson.loads(gzip.decompress(wire))
-        records.append(records_of("default", ingest.validate_batch(obj, LIMITS)))
-        bodies.append(body_entry(wire))
-        without_rows.append(body_entry(wire, rows=False))
+        checked = check(wire)
+        records.append(
+            records_of("default", ingest.validate_batch(orjson.loads(checked.body), LIMITS))
+        )
+        bodies.append(body_entry(checked, wire))
+        without_rows.append(body_entry(checked, wire, rows=False))
     return records, bodies, without_rows
 
 
-def body_entry(wire: bytes, *, rows: bool = True) -> bytes:
-    """The log entry the collector writes for a gzipped batch it checked (with its rows)."""
+def check(wire: bytes) -> ingest.Checked:
+    """A gzipped batch as the collector checks it."""
     raw = gzip.decompress(wire)
     checked = ingest.check_batch(orjson.loads(raw), raw, LIMITS)
     assert isinstance(checked, ingest.Checked)
+    return checked
+
+
+def body_entry(checked: ingest.Checked, wire: bytes, *, rows: bool = True) -> bytes:
+    """The log entry the collector writes for a gzipped batch it checked (``rows``: with the
+    rows of its results, as it does now)."""
     results = checked.results if rows else None
     return encode_body_entry("default", checked.run, checked.body, wire, results)
 
@@ -95,10 +103,10 @@ def store_with_history(path: Path, entries: int) -> Path:
     store = SqliteStore(path).open()
     step = max(1, 5000 // BATCH)
     for start in range(0, entries, step):
-        batch = [
-            body_entry(loadgen.body(BATCH, next(loadgen._runs)))
-            for _ in range(min(step, entries - start))
+        wires = [
+            loadgen.body(BATCH, next(loadgen._runs)) for _ in range(min(step, entries - start))
         ]
+        batch = [body_entry(check(wire), wire) for wire in wires]
         groups = [group for entry in batch for group in decode_entry_rows(entry)]
         store.write_prepared(store.prepare(groups), defer_statistics=True)
     store.flush_statistics()
@@ -145,18 +153,14 @@ def stages(entries: int, rounds: int) -> str:
     bodies = [loadgen.body(BATCH, next(loadgen._runs)) for _ in range(entries)]
     raw = [gzip.decompress(b) for b in bodies]
     objs = [orjson.loads(r) for r in raw]
-    checked = [ingest.check_batch(o, r, LIMITS) for o, r in zip(objs, raw, strict=True)]
+    checked = [check(b) for b in bodies]
     full = [records_of("default", ingest.validate_batch(o, LIMITS)) for o in objs]
-    body_entries = [
-        encode_body_entry("default", c.run, c.body, wire, c.results)
-        for c, wire in zip(checked, bodies, strict=True)
-        if isinstance(c, ingest.Checked)
-    ]
-    gzip_entries = [  # without the rows line (what the collector wrote before)
-        encode_body_entry("default", c.run, c.body, wire)
-        for c, wire in zip(checked, bodies, strict=True)
-        if isinstance(c, ingest.Checked)
-    ]
+
+    def entries_of(rows: bool) -> list[bytes]:
+        return [body_entry(c, wire, rows=rows) for c, wire in zip(checked, bodies, strict=True)]
+
+    body_entries = entries_of(rows=True)
+    gzip_entries = entries_of(rows=False)  # what the collector wrote before
     rows = [decode_entry_rows(e) for e in body_entries]
     count = entries * BATCH
     _freeze()
@@ -195,18 +199,12 @@ def stages(entries: int, rounds: int) -> str:
         (
             "collector",
             "store the body and its rows in a log entry",
-            lambda: [
-                encode_body_entry("default", c.run, c.body, wire, c.results)  # type: ignore[union-attr]
-                for c, wire in zip(checked, bodies, strict=True)
-            ],
+            lambda: entries_of(rows=True),
         ),
         (
             "(before)",
             "store the body in a log entry, without its rows",
-            lambda: [
-                encode_body_entry("default", c.run, c.body, wire)  # type: ignore[union-attr]
-                for c, wire in zip(checked, bodies, strict=True)
-            ],
+            lambda: entries_of(rows=False),
         ),
         (
             "(records)",
