@@ -197,9 +197,16 @@ def test_commits_do_not_hold_up_the_next_batch_and_a_failed_one_is_logged(
     )
     consumer.start()
     try:
-        polled = [consumer.poll_once() for _ in range(200) if len(store.ids) < 30]
+        polled, unanswered = [], []
+        for _ in range(200):
+            if len(store.ids) >= 30:
+                break
+            polled.append(consumer.poll_once())
+            unanswered.append(consumer._unanswered)
         assert sum(polled) == 30
-        # sent without waiting; answered and on the broker by the time more polls ran
+        # a batch's commit was sent without waiting for its answer (at most one at a time)
+        assert max(unanswered) == 1, unanswered
+        # answered and on the broker by the time more polls ran
         for _ in range(50):
             if consumer._unanswered == 0:
                 break
