@@ -9,6 +9,7 @@ its ratio to the baseline (computed per round, so one slow round does not skew i
 from __future__ import annotations
 
 import contextlib
+import math
 import http.server
 import os
 import platform
@@ -56,6 +57,22 @@ class Spread:
         return f"{m:.{digits}f}{unit} ({lo:.{digits}f}-{hi:.{digits}f})"
 
 
+def median_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float] | None:
+    """A confidence interval for the median of the distribution ``values`` come from, at
+    least ``level`` (distribution-free: between two order statistics, whose coverage follows
+    the binomial distribution with p = 1/2).  None: too few values for ``level``."""
+    ordered = sorted(values)
+    n = len(ordered)
+    below = 0.0  # P(Binomial(n, 1/2) <= j - 1)
+    best = None
+    for j in range(1, n // 2 + 1):
+        below += math.comb(n, j - 1) / 2**n
+        if 1 - 2 * below < level:
+            break
+        best = (ordered[j - 1], ordered[n - j])
+    return best
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """The q-th percentile (0-100), nearest rank."""
     ordered = sorted(values)
@@ -75,9 +92,13 @@ class Alternated:
     def spread(self, name: str) -> Spread:
         return Spread.of(self.values[name])
 
-    def ratio(self, name: str, base: str) -> Spread:
+    def ratios(self, name: str, base: str) -> list[float]:
+        """``name`` / ``base``, round by round."""
         pairs = zip(self.values[name], self.values[base], strict=True)
-        return Spread.of([a / b for a, b in pairs])
+        return [a / b for a, b in pairs]
+
+    def ratio(self, name: str, base: str) -> Spread:
+        return Spread.of(self.ratios(name, base))
 
 
 def alternate(

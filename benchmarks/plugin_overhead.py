@@ -178,9 +178,17 @@ def render(found: harness.Alternated, tests: int, xdist: bool, cpu: dict[str, li
         cpu_ratio = harness.Spread.of([a / b for a, b in zip(cpu[name], cpu[base], strict=True)])
         cpu_text = f"{(cpu_ratio.median - 1) * 100:+.1f}%"
         if name == base:
-            rows.append((name, wall.fmt(" s"), "-", "-", harness.Spread.of(cpu[name]).fmt(" s")))
+            rows.append(
+                (name, wall.fmt(" s"), "-", "-", "-", harness.Spread.of(cpu[name]).fmt(" s"))
+            )
             continue
         ratio = found.ratio(name, base)
+        interval = harness.median_interval(found.ratios(name, base))
+        interval_text = (
+            f"{(interval[0] - 1) * 100:+.1f} to {(interval[1] - 1) * 100:+.1f}%"
+            if interval
+            else "(too few rounds)"
+        )
         extra = [a - b for a, b in zip(found.values[name], found.values[base], strict=True)]
         per_test = harness.Spread.of([e / tests * 1e6 for e in extra])
         rows.append(
@@ -189,12 +197,15 @@ def render(found: harness.Alternated, tests: int, xdist: bool, cpu: dict[str, li
                 wall.fmt(" s"),
                 f"{(ratio.median - 1) * 100:+.1f}% ({(ratio.low - 1) * 100:+.1f} to "
                 f"{(ratio.high - 1) * 100:+.1f})",
+                interval_text,
                 per_test.fmt("", 0),
                 cpu_text,
             )
         )
     if not xdist:
-        rows += [(name, f"not installed (pip install {name})", "-", "-", "-") for name in missing()]
+        rows += [
+            (name, f"not installed (pip install {name})", "-", "-", "-", "-") for name in missing()
+        ]
     title = (
         f"### Plugin overhead, {tests:,} tests in 200 files"
         + (", pytest-xdist -n 2" if xdist else "")
@@ -205,11 +216,12 @@ def render(found: harness.Alternated, tests: int, xdist: bool, cpu: dict[str, li
             "candidate",
             "wall time",
             "overhead vs plain",
+            "95% interval of the overhead",
             "µs per test",
             "CPU time of pytest (vs plain)",
         ],
         rows,
-        "lrrrr",
+        "lrrrrr",
     )
 
 
