@@ -9,8 +9,8 @@ its ratio to the baseline (computed per round, so one slow round does not skew i
 from __future__ import annotations
 
 import contextlib
-import math
 import http.server
+import math
 import os
 import platform
 import shutil

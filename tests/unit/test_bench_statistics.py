@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-import harness  # noqa: E402
+import harness
 
 
 @pytest.mark.parametrize(
