@@ -57,11 +57,12 @@ from collector_server.store.sqlite_write import (
     KnownTests,
     PendingTests,
     PreparedWrite,
+    Tests,
+    add_statistics,
     apply,
     chunks,
     merge_tests,
     prepare,
-    statistics,
 )
 from pytest_testengine.model import Record, run_from_dict
 
@@ -267,20 +268,20 @@ class SqliteStore:
         let them wait and stopped before merging them); only with the lock."""
         with self._transaction() as conn:
             self._known.check(conn)
-            groups = [
-                RunRows(
-                    tenant,
-                    run_from_dict({"suite": suite, "run_id": run_id}),
-                    [row_of(r) for r in results_in(data)],
-                    data,
-                )
-                for tenant, suite, run_id, data in conn.execute(
-                    "SELECT tenant, suite, run_id, data FROM batches"
-                    " WHERE last IN (SELECT last FROM unmerged) ORDER BY last"
-                )
-            ]
-            if groups:
-                merge_tests(conn, statistics(groups, self.clock()), self._known)
+            tests: Tests = {}
+            # results without a stop time count as seen when their run was last written
+            # (in the transaction that wrote its latest batch), not now
+            for tenant, suite, run_id, data, written in conn.execute(
+                "SELECT b.tenant, b.suite, b.run_id, b.data, r.last_seen FROM batches b"
+                " LEFT JOIN runs r"
+                " ON r.tenant = b.tenant AND r.suite = b.suite AND r.run_id = b.run_id"
+                " WHERE b.last IN (SELECT last FROM unmerged) ORDER BY b.last"
+            ):
+                run = run_from_dict({"suite": suite, "run_id": run_id})
+                group = RunRows(tenant, run, [row_of(r) for r in results_in(data)], data)
+                add_statistics(tests, [group], self.clock() if written is None else written)
+            if tests:
+                merge_tests(conn, tests, self._known)
                 conn.execute("DELETE FROM unmerged")
 
     @contextlib.contextmanager

@@ -217,13 +217,6 @@ def add_statistics(into: Tests, groups: Sequence[RunRows], now: float) -> int:
     return added
 
 
-def statistics(groups: Sequence[RunRows], now: float) -> Tests:
-    """The statistics of the results of ``groups`` alone (see :func:`add_statistics`)."""
-    tests: Tests = {}
-    add_statistics(tests, groups, now)
-    return tests
-
-
 def apply(
     conn: sqlite3.Connection,
     write: PreparedWrite,

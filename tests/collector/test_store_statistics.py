@@ -90,9 +90,9 @@ def assert_as_written_at_once(
     assert answers(store) == answers(reference)
 
 
-def answers_of(path: Path) -> dict[str, Any]:
-    """What the read API answers from the store at ``path``, opened for it."""
-    store = SqliteStore(path, clock=lambda: 1234.0).open()
+def answers_of(path: Path, now: float = 1234.0) -> dict[str, Any]:
+    """What the read API answers from the store at ``path``, opened for it at ``now``."""
+    store = SqliteStore(path, clock=lambda: now).open()
     try:
         return answers(store)
     finally:
@@ -105,12 +105,16 @@ def test_statistics_left_waiting_by_a_crash_are_merged_when_the_store_opens(
     parts = rounds(many_executions())
     path = tmp_path / "crashed.db"
     crashed_writer(tmp_path, path, parts)
-    reopened = answers_of(path)
+    # opened later than written: results without a stop time still count as seen when
+    # they were written (1234), not when the store opened
+    reopened = answers_of(path, now=5678.0)
     reference = open_store("reference.db")
     for part in parts:
         reference.write(part)
     assert reopened == answers(reference)
     assert reopened["tests"][0]["runs"] == 48
+    seen = {t["nodeid"]: t["last_seen"] for t in reopened["tests"]}
+    assert [seen[f"t.py::test_{i}"] for i in range(4)] == [1234.0] * 4  # each had a stop 0
     assert answers_of(path) == reopened  # and only once
 
 
