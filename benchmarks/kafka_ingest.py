@@ -21,8 +21,10 @@ system time of the ``serve`` process (not of a processor child) per accepted res
 clients post, the median of the rounds: unlike the rates it hardly depends on other load.
 
 Processor: ``testengine-collector process`` (fresh consumer group and data directory each
-round) consumes a topic filled by the ingest rounds into its SQLite store; results/s from its
-start until every record is stored (polled in the store).
+round) consumes a topic filled by the ingest rounds into its SQLite store; results/s from the
+first stored result until every record is stored (polled in the store).  Alone, and as two
+members of one consumer group sharing the data directory (docs/kafka.md: "to process faster,
+run the processors on their own, as many as the topic has partitions"), alternately.
 """
 
 from __future__ import annotations
@@ -220,9 +222,12 @@ def progress(clients: int, message: str) -> None:
 # -- processor
 
 
-def process_round(bootstrap: str, topic: str, expected: int) -> tuple[float, float]:
-    """One ``process`` from its start until ``expected`` results are stored: (seconds until
-    the first was stored, results/s from then on)."""
+def process_round(
+    bootstrap: str, topic: str, expected: int, members: int = 1
+) -> tuple[float, float]:
+    """``members`` ``process`` commands (one consumer group, one data directory) from their
+    start until ``expected`` results are stored: (seconds until the first was stored,
+    results/s from then on)."""
     with harness.workdir("kafka-process") as tmp:
         data = tmp / "data"
         command = [
@@ -242,13 +247,16 @@ def process_round(bootstrap: str, topic: str, expected: int) -> tuple[float, flo
             "warning",
         ]
         start = time.perf_counter()
-        proc = subprocess.Popen(
-            command,
-            cwd=harness.ROOT,
-            env=harness.bench_env(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        procs = [
+            subprocess.Popen(
+                command,
+                cwd=harness.ROOT,
+                env=harness.bench_env(),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for _ in range(members)
+        ]
         first: list[tuple[float, int]] = []
 
         def stored_all() -> bool:
@@ -261,28 +269,43 @@ def process_round(bootstrap: str, topic: str, expected: int) -> tuple[float, flo
             wait_for(stored_all, "processor behind")
             done = time.perf_counter()
         finally:
-            proc.terminate()
-            proc.wait(30)
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                proc.wait(30)
     ((began, count),) = first
     if count >= expected:  # all stored before the first look (a tiny run): no rate
         return began - start, math.nan
     return began - start, (expected - count) / (done - began)
 
 
-def measure_processor(bootstrap: str, topic: str, records: int, rounds: int) -> str:
-    found = [process_round(bootstrap, topic, records) for _ in range(rounds + 1)][1:]
-    for start_up, rate in found:
-        harness.log(f"processor: first result after {start_up:.2f} s, then {rate:.0f} results/s")
-    start_ups = harness.Spread.of([s for s, _ in found])
-    rates = harness.Spread.of([r for _, r in found])
+def measure_processor(
+    bootstrap: str, topic: str, records: int, rounds: int, members: tuple[int, ...] = (1, 2)
+) -> str:
+    """``process`` alone and as several members of one group sharing a data directory (how
+    docs/kafka.md says to process faster), alternately, after a warm-up round of each."""
+    found: dict[int, list[tuple[float, float]]] = {n: [] for n in members}
+    for index in range(rounds + 1):
+        for n in members if index % 2 == 0 else members[::-1]:
+            start_up, rate = process_round(bootstrap, topic, records, n)
+            harness.log(
+                f"processor x{n}: first result after {start_up:.2f} s, then {rate:.0f} results/s"
+            )
+            if index:
+                found[n].append((start_up, rate))
+    rows = []
+    for n in members:
+        start_ups = harness.Spread.of([s for s, _ in found[n]])
+        rates = harness.Spread.of([r for _, r in found[n]])
+        rows.append((f"{n}", start_ups.fmt(" s"), rates.fmt("", 0)))
     return (
         f"### Processor, Kafka to the SQLite store (`testengine-collector process`, "
         f"{records} records on {PARTITIONS} partitions, default batch 5000; median (min-max) "
-        f"of {rounds} rounds after a warm-up)\n\n"
+        f"of {rounds} alternated rounds after a warm-up)\n\n"
         + harness.table(
-            ["start to first result stored", "results/s after the first"],
-            [(start_ups.fmt(" s"), rates.fmt("", 0))],
-            "rr",
+            ["process members", "start to first result stored", "results/s after the first"],
+            rows,
+            "rrr",
         )
     )
 
