@@ -296,8 +296,12 @@ def measure_processor(
     rows = []
     for n in members:
         start_ups = harness.Spread.of([s for s, _ in found[n]])
-        rates = harness.Spread.of([r for _, r in found[n]])
-        rows.append((f"{n}", start_ups.fmt(" s"), rates.fmt("", 0)))
+        # a round that stored everything before its first look has no rate
+        rates = [r for _, r in found[n] if not math.isnan(r)]
+        rate = harness.Spread.of(rates).fmt("", 0) if rates else "(all stored at once)"
+        if rates and len(rates) < len(found[n]):
+            rate += f", {len(rates)} of {len(found[n])} rounds"
+        rows.append((f"{n}", start_ups.fmt(" s"), rate))
     return (
         f"### Processor, Kafka to the SQLite store (`testengine-collector process`, "
         f"{records} records on {PARTITIONS} partitions, default batch 5000; median (min-max) "
