@@ -17,7 +17,9 @@ TIMEOUT = 300.0  # seconds; a quick run takes under a minute on a 2-core machine
 
 #: Each benchmark's table header, as the quick run prints it.
 TABLES = {
-    "plugin_overhead": "| candidate | wall time | overhead vs plain | 95% interval of the overhead | µs per test |",
+    "plugin_overhead": (
+        "| candidate | wall time | overhead vs plain | 95% interval of the overhead | µs per test |"
+    ),
     "plugin_memory": "| tests | plain pytest | --testengine | difference |",
     "end_of_run": "| candidate | last test to exit | beyond plain pytest |",
     "collector_ingest": "| clients | collector | accepted results/s |",
