@@ -276,7 +276,7 @@ class ResultConsumer:
 
     def _apply(self, batch: Sequence[Message], *, more: bool = False) -> None:
         """Store ``batch``; with ``more`` (a full batch: more is likely waiting), test
-        statistics may wait for a later batch, two seconds at most."""
+        statistics may wait for a later batch, five seconds at most."""
         records: list[Record] = []
         dead: list[tuple[Message, str]] = []
         store = self.store

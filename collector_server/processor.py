@@ -14,7 +14,7 @@ and prepared in a second thread while one is written.
 The sink wakes the processor after each durable commit, so a result is queryable a few
 milliseconds after its 202.  Per-test statistics (the ``tests`` table: runs, outcomes,
 recent durations) wait in the store while entries keep coming, and are merged once per
-test: by the round that finds them ``STATISTICS_DELAY`` old (2 s, see
+test: by the round that finds them ``STATISTICS_DELAY`` old (5 s, see
 ``store.sqlite_write``), or ``STATISTICS_IDLE`` after the last entry.
 :attr:`LocalProcessor.applied` (``status``, ``lag``, ``wait_caught_up``) counts an entry
 once its statistics are merged too.

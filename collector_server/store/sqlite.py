@@ -368,7 +368,7 @@ class SqliteStore:
         results were new.  The write can be applied again after a failure.
 
         ``defer_statistics`` (a writer with more to write right after) lets the test
-        statistics of these results wait for a later write, two seconds at most (see
+        statistics of these results wait for a later write, five seconds at most (see
         ``PendingTests``); every other write merges them, its own and those waiting."""
         with self._write_lock:
             if self._conn is None:
