@@ -23,8 +23,8 @@ clients post, the median of the rounds: unlike the rates it hardly depends on ot
 Processor: ``testengine-collector process`` (fresh consumer group and data directory each
 round) consumes a topic filled by the ingest rounds into its SQLite store; results/s from the
 first stored result until every record is stored (polled in the store).  Alone, and as two
-members of one consumer group sharing the data directory (docs/kafka.md: "to process faster,
-run the processors on their own, as many as the topic has partitions"), alternately.
+members of one consumer group sharing the data directory (what docs/kafka.md says of
+members on one SQLite store comes from here), alternately.
 """
 
 from __future__ import annotations
