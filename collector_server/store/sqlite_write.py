@@ -42,7 +42,7 @@ KNOWN_TESTS: Final = 50_000  # tests statistics kept in memory by the writer (ab
 #: apply results (benchmarks/README.md, "Sustained load": 2 s missed a steady 170,000 results/s
 #: that 5 s keeps up with).
 STATISTICS_DELAY: Final = 5.0
-PENDING_TESTS: Final = 50_000  # tests whose statistics may wait (about 20 MB)
+PENDING_TESTS: Final = 50_000  # tests whose statistics may wait (at most about 80 MB)
 OUTCOME_COLUMNS: Final = tuple(sorted(OUTCOMES))
 _OUTCOME_INDEX: Final = {o: i for i, o in enumerate(OUTCOME_COLUMNS)}
 _PASSED: Final = _OUTCOME_INDEX["passed"]
