@@ -56,6 +56,7 @@ from collector_server.sinks.local import (
     encode_entry,
 )
 from collector_server.store.sqlite import SqliteStore
+from collector_server.store.sqlite_write import STATISTICS_DELAY
 from pytest_testengine.model import Record, records_of
 
 BATCH = 500
@@ -256,7 +257,8 @@ def stages(entries: int, rounds: int) -> str:
         ),
         (
             "processor",
-            "store write, statistics waiting (a busy processor: merged every 2 s at most)",
+            "store write, statistics waiting (a busy processor: merged every "
+            f"{STATISTICS_DELAY:g} s at most)",
             lambda: write_store(True),
         ),
     ]

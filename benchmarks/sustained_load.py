@@ -17,7 +17,7 @@ schedule, ``--seconds`` long at each offered rate, to a fresh ``testengine-colle
 - accepted/s: results answered 202 per second of the load (below the offered rate when the
   collector cannot accept that much);
 - lag: results written but not applied yet, as seconds of the offered load, at its highest
-  and at the end of the load: statistics wait up to two seconds while batches keep coming
+  and at the end of the load: statistics wait up to five seconds while batches keep coming
   (see docs/how-it-works.md), so a processor that keeps up shows a lag of a few seconds at
   most that does not grow;
 - catch-up: from the last accepted batch until the processor has applied every entry.
