@@ -96,7 +96,8 @@ def results_in(blob: bytes) -> list[dict[str, Any]]:
 
 
 def blob_of(results: Sequence[Any]) -> bytes:
-    """The blob of result dicts or :class:`Result` objects (a JSON array)."""
+    """The blob of result dicts, :class:`Result` objects or results' JSON as received
+    (``orjson.Fragment``, kept byte for byte): a JSON array."""
     return orjson.dumps(results, default=plain)
 
 
@@ -232,8 +233,9 @@ class _Head:
         self.tenant = ""
         self.run: dict[str, Any] = {}
 
-    def result_of(self, value: bytes) -> tuple[dict[str, Any], bytes] | None:
-        """(result, its bytes) of a value starting with this head, if it is plain; else None."""
+    def result_of(self, value: bytes) -> tuple[dict[str, Any], orjson.Fragment] | None:
+        """(result, its bytes as an ``orjson.Fragment``: encoded as they are) of a value
+        starting with this head, if it is plain; else None."""
         data = self.data
         if not data or not value.startswith(data) or value[-1:] != b"}":
             return None
@@ -242,7 +244,7 @@ class _Head:
             r = orjson.loads(raw)
         except orjson.JSONDecodeError:
             return None
-        return (r, raw) if _plain_result(r) else None
+        return (r, orjson.Fragment(raw)) if _plain_result(r) else None
 
     def learn(self, value: bytes, tenant: str, run: dict[str, Any], r: dict[str, Any]) -> None:
         """Keep the head of a plain value (decoded as ``tenant``, ``run``, ``r``)."""
@@ -271,7 +273,7 @@ def rows_of_values(
     problems: list[tuple[int, str]] = []
     runs: dict[tuple[str, str, str], RunInfo] = {}
     rows: list[Row] = []
-    #: result dicts, Result objects and results' JSON bytes, encoded once per group
+    #: result dicts, Result objects and results' JSON (fragments), encoded once per group
     results: list[Any] = []
     current: tuple[str, str, str] | None = None
     loads = orjson.loads
@@ -321,13 +323,5 @@ def rows_of_values(
             parts.append((tenant, run, rows, results))
         rows.append(row)
         results.append(result)
-    groups = [RunRows(t, run, rows, _blob_of_mixed(results)) for t, run, rows, results in parts]
+    groups = [RunRows(t, run, rows, blob_of(results)) for t, run, rows, results in parts]
     return groups, problems
-
-
-def _blob_of_mixed(results: list[Any]) -> bytes:
-    """:func:`blob_of` of results some of which are their JSON bytes already."""
-    if not any(type(r) is bytes for r in results):
-        return blob_of(results)
-    dumps = orjson.dumps
-    return b"[%s]" % b",".join(r if type(r) is bytes else dumps(r, default=plain) for r in results)
