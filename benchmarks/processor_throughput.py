@@ -88,6 +88,12 @@ def check(wire: bytes) -> ingest.Checked:
     return checked
 
 
+def fresh_entries(n: int) -> list[bytes]:
+    """The log entries (with their rows) of ``n`` new batches of the benchmark's suite."""
+    wires = [loadgen.body(BATCH, next(loadgen._runs)) for _ in range(n)]
+    return [body_entry(check(wire), wire) for wire in wires]
+
+
 def body_entry(checked: ingest.Checked, wire: bytes, *, rows: bool = True) -> bytes:
     """The log entry the collector writes for a gzipped batch it checked (``rows``: with the
     rows of its results, as it does now)."""
@@ -108,10 +114,7 @@ def store_with_history(path: Path, entries: int) -> Path:
     store = SqliteStore(path).open()
     step = max(1, 5000 // BATCH)
     for start in range(0, entries, step):
-        wires = [
-            loadgen.body(BATCH, next(loadgen._runs)) for _ in range(min(step, entries - start))
-        ]
-        batch = [body_entry(check(wire), wire) for wire in wires]
+        batch = fresh_entries(min(step, entries - start))
         groups = [group for entry in batch for group in decode_entry_rows(entry)]
         store.write_prepared(store.prepare(groups), defer_statistics=True)
     store.flush_statistics()
@@ -281,7 +284,7 @@ def stages(entries: int, rounds: int) -> str:
 
 def measure(entries: int, rounds: int, warmup: int, history: int) -> str:
     records, bodies, without_rows = batches(entries)
-    _, before, _ = batches(max(1, entries // 2))  # applied first by a running processor
+    before = fresh_entries(max(1, entries // 2))  # applied first by a running processor
     with harness.workdir("history") as tmp:
         harness.log(f"writing a store of {history * BATCH:,} results")
         filled = store_with_history(tmp / "store.db", history)
