@@ -225,6 +225,12 @@ def test_commits_do_not_hold_up_the_next_batch_and_a_failed_one_is_logged(
         assert consumer.stats.commit_failures == 1
         assert "offset commit failed (Broker: Unknown topic or partition)" in caplog.text
         assert "1 failed" in consumer.stats.summary()
+
+        # the same refused by a commit that waits for its answer (on revoke, at the end)
+        consumer._pending[(kafka_topic, 7)] = 1
+        consumer._commit(consumer._require())
+        assert consumer.stats.commit_failures == 2
+        assert "2 failed" in consumer.stats.summary()
     finally:
         consumer._pending.clear()
         consumer.close()
