@@ -282,8 +282,8 @@ def process_round(
 def measure_processor(
     bootstrap: str, topic: str, records: int, rounds: int, members: tuple[int, ...] = (1, 2)
 ) -> str:
-    """``process`` alone and as several members of one group sharing a data directory (how
-    docs/kafka.md says to process faster), alternately, after a warm-up round of each."""
+    """``process`` alone and as several members of one group sharing a data directory,
+    alternately, after a warm-up round of each."""
     found: dict[int, list[tuple[float, float]]] = {n: [] for n in members}
     for index in range(rounds + 1):
         for n in members if index % 2 == 0 else members[::-1]:
