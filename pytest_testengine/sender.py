@@ -3,7 +3,8 @@
 The pytest hooks call :meth:`Sender.submit` with a result dict, or with a pytest report that a
 :class:`Converter` turns into results: an append to a deque, most of the time.  Every
 ``batch_size`` items, submit() converts them and encodes each full batch (orjson; the output
-file's lines too).  One daemon thread writes and posts those batches through the transport (whose
+file's lines too).  One daemon thread compresses, writes and posts those batches through the
+transport (zlib lets go of the GIL while it works, so that runs beside the tests; the transport's
 module is loaded only with a collector to send to: an output file alone needs no HTTP client),
 retrying transient failures with jittered exponential backoff (tenacity, imported only then),
 honouring ``Retry-After``, never past the deadline; it also sends a partial batch once its
@@ -170,13 +171,12 @@ def deliver(
 
 
 class Prepared(NamedTuple):
-    """A batch encoded for delivery: its request body and what goes on the wire for it (None
-    without a collector), and its output file lines (None without an output file)."""
+    """A batch encoded for delivery: its request body (None without a collector) and its
+    output file lines (None without an output file)."""
 
     results: list[dict[str, Any]]
     body: bytes | None
     lines: bytes | None
-    content: bytes | None
 
 
 @dataclass(slots=True)
@@ -253,10 +253,10 @@ class Sender:
         hooks).
 
         Items are converted, and full batches encoded, here, a batch's worth at a time: that
-        is cheap in a tight loop, and the sender thread, which then only writes and posts,
-        seldom competes with the tests for the GIL (each time it does costs both threads
-        context switches at every system call of pytest's output capturing).  What a slow
-        test keeps waiting, the sender thread converts and sends when it is due."""
+        is cheap in a tight loop, and the sender thread, which then only compresses (without
+        the GIL), writes and posts, seldom competes with the tests for the GIL (each time it
+        does costs both threads context switches).  What a slow test keeps waiting, the
+        sender thread converts and sends when it is due."""
         pending = self._pending
         if not pending:  # its age counts from now
             self._pending_since = self.clock.now()
@@ -377,13 +377,8 @@ class Sender:
 
     def _prepare(self, batch: list[dict[str, Any]], *, output: bool = True) -> Prepared:
         lines = self._output.lines(batch) if output and self._output is not None else None
-        poster = self._poster
-        if poster is None:
-            return Prepared(batch, None, lines, None)
-        body = self._encode(batch)
-        # compressed here too: on the sender thread, each time zlib lets go of the GIL and
-        # takes it back costs both threads context switches while a test runs
-        return Prepared(batch, body, lines, poster.content(body))
+        body = self._encode(batch) if self._poster is not None else None
+        return Prepared(batch, body, lines)
 
     def _send_outbox(self) -> None:
         outbox = self._outbox
@@ -417,7 +412,7 @@ class Sender:
         answer = deliver(
             self._poster,
             body,
-            content=prepared.content,
+            content=self._poster.content(body),  # compressed once, here: off the tests' thread
             deadline=deadline,
             policy=self.policy,
             clock=self.clock,
