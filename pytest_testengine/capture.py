@@ -123,6 +123,8 @@ class Assembler:
         self.new_id = IdSequence()
         self._open: dict[tuple[str | None, str], dict[str, Any]] = {}
         self._reruns: dict[str, int] = {}  # only tests that were rerun
+        #: (location, key, result) of the execution the last report belonged to, if open.
+        self._current: tuple[Any, tuple[str | None, str], dict[str, Any]] | None = None
         #: Notes about tags left out, at most a few (with the count of all of them).
         self.tag_notes: list[str] = []
         self.tag_note_count = 0
@@ -150,22 +152,33 @@ class Assembler:
     def test_report(self, report: Any) -> dict[str, Any] | None:
         """Take one phase report; return the finished result on the teardown report."""
         attrs = vars(report)  # plain dict lookups: this runs three times per test
-        nodeid: str = report.nodeid
+        # the next phase of the execution the last report belonged to: pytest gives the
+        # reports of one item its location, one object (not so once xdist has sent them)
+        location = attrs.get("location")
         worker: str | None = attrs.get("worker_id")
-        key = (worker, nodeid)
+        current = self._current
+        if current is not None and location is current[0] and worker == current[1][0]:
+            key, result = current[1], current[2]
+        else:
+            nodeid: str = report.nodeid  # a property since pytest 9.2, worth skipping
+            key = (worker, nodeid)
+            opened = self._open.get(key)
+            if opened is None:
+                opened = self._open[key] = self._start(attrs, nodeid, worker)
+            result = opened
+            if location is not None:
+                self._current = (location, key, result)
         when: str = attrs["when"]
         last = when == "teardown"
         if when not in _PHASES:  # e.g. xdist's report of a crashed worker
             when, last = "call", True
-        result = self._open.get(key)
-        if result is None:
-            result = self._open[key] = self._start(attrs, nodeid, worker)
         result[when] = attrs["duration"]
         if attrs["outcome"] != "passed" or "wasxfail" in attrs:
             self._apply(result, report, when)
         if not last:
             return None
         del self._open[key]
+        self._current = None
         return self._finish(result, attrs)
 
     def unfinished(self) -> list[dict[str, Any]]:
@@ -173,6 +186,7 @@ class Assembler:
         with what is known."""
         results = [self._finish(result, {}) for result in self._open.values()]
         self._open.clear()
+        self._current = None
         return results
 
     def _finish(self, result: dict[str, Any], attrs: dict[str, Any]) -> dict[str, Any]:

@@ -176,6 +176,30 @@ def test_xdist_workers_running_the_same_test_do_not_mix() -> None:
     assert [(r["worker"], r["outcome"]) for r in finished] == [("gw1", "failed"), ("gw0", "passed")]
 
 
+def test_items_sharing_one_location_object_stay_apart() -> None:
+    # pytest gives the reports of one item its location object, and the assembler follows
+    # an execution by it; a plugin's items may share one, which must not mix them up
+    assembler = Assembler()
+    location = ("tests/custom.yaml", 0, "case")
+    other = "tests/custom.yaml::case2"
+    first = run(*(report(w, location=location) for w in ("setup", "call", "teardown")))
+    done = [
+        assembler.test_report(
+            report(w, "failed", location=location, nodeid=n, **FAIL)
+            if (n, w) == (other, "call")
+            else report(w, location=location, nodeid=n)
+        )
+        for n in (NODEID, other)
+        for w in ("setup", "call", "teardown")
+    ]
+    finished = [r for r in done if r is not None]
+    assert [(r["nodeid"], r["outcome"]) for r in finished] == [
+        (NODEID, "passed"),
+        (other, "failed"),
+    ]
+    assert first["nodeid"] == NODEID
+
+
 def test_reruns_count_attempts() -> None:
     assembler = Assembler()
     first = run(
