@@ -15,10 +15,9 @@ Exceptions::
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from types import MappingProxyType
+from typing import Any, Final, Literal, NamedTuple
 
 from pytest_testengine.ci import NOT_CI, CiInfo
 from pytest_testengine.options import OPTIONS, Option
@@ -30,15 +29,18 @@ class ConfigError(ValueError):
     """A setting has a value that does not fit; ``str(error)`` is the one-line message."""
 
 
-@dataclass(frozen=True, slots=True)
-class Settings:
+#: The default of the mapping fields (read-only: the default is shared).
+_EMPTY: Final[Mapping[str, Any]] = MappingProxyType({})
+
+
+class Settings(NamedTuple):  # not a dataclass: cheaper to define, in every pytest start
     """The resolved settings; field names are the option names of :data:`OPTIONS`."""
 
     enabled: bool = False
     url: str = "http://127.0.0.1:8765"
-    token: str | None = field(default=None, repr=False)
+    token: str | None = None  # left out of repr()
     suite: str = "default"
-    tags: Mapping[str, str] = field(default_factory=dict)
+    tags: Mapping[str, str] = _EMPTY
     output: str | None = None
     spool_dir: str | None = None
     batch_size: int = 1000
@@ -64,9 +66,17 @@ class Settings:
     durations: str | None = None
     ci: CiInfo = NOT_CI
     #: Where each setting came from.
-    sources: Mapping[str, Source] = field(default_factory=dict)
+    sources: Mapping[str, Source] = _EMPTY
     #: Settings of rows that are not fields of this class (added by other modules).
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    extra: Mapping[str, Any] = _EMPTY
+
+    def __repr__(self) -> str:
+        shown = ", ".join(
+            f"{name}={value!r}"
+            for name, value in zip(self._fields, self, strict=True)
+            if name != "token"
+        )
+        return f"Settings({shown})"
 
     @property
     def active(self) -> bool:
@@ -80,7 +90,7 @@ class Settings:
         return self.extra[name]
 
 
-_FIELDS: Final = frozenset(f.name for f in dataclasses.fields(Settings))
+_FIELDS: Final = frozenset(Settings._fields)
 
 
 def _given(value: object) -> bool:
