@@ -27,9 +27,8 @@ import ssl
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Final
+from typing import Final, NamedTuple
 from urllib.parse import unquote, urlsplit
 
 import orjson
@@ -42,21 +41,19 @@ MAX_RETRY_AFTER: Final = 3600.0
 _PROXY_VARIABLES: Final = frozenset({"http_proxy", "https_proxy", "all_proxy"})
 
 
-@dataclass(frozen=True, slots=True)
-class Delivered:
+# named tuples, not dataclasses: cheaper to define, in every run that sends
+class Delivered(NamedTuple):
     status: int
     accepted: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Retry:
+class Retry(NamedTuple):
     reason: str
     retry_after: float | None = None
     unreachable: bool = False  # no answer at all (connection error or timeout)
 
 
-@dataclass(frozen=True, slots=True)
-class Rejected:
+class Rejected(NamedTuple):
     status: int
     reason: str
     keep: bool  # worth spooling: the problem is the configuration, not the batch
@@ -65,8 +62,7 @@ class Rejected:
 Answer = Delivered | Retry | Rejected
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
+class Reply(NamedTuple):
     """A 2xx answer to :meth:`Transport.call`, with its JSON body."""
 
     status: int
@@ -137,8 +133,7 @@ def describe_error(exc: BaseException, url: str) -> str:
     return f"could not reach the collector at {url} ({detail})"
 
 
-@dataclass(frozen=True, slots=True)
-class Proxy:
+class Proxy(NamedTuple):
     host: str
     port: int
     authorization: str | None  # the Proxy-Authorization header, from user:password@
