@@ -31,6 +31,7 @@ HERE = Path(__file__).resolve().parent
 #: (script, arguments of a full run); a quick run passes --quick unless QUICK_ARGS says
 SCRIPTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("plugin_overhead", ()),
+    ("plugin_parts", ()),
     ("plugin_memory", ()),
     ("end_of_run", ()),
     ("collector_ingest", ()),

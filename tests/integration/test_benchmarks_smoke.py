@@ -20,6 +20,7 @@ TABLES = {
     "plugin_overhead": (
         "| candidate | wall time | overhead vs plain | 95% interval of the overhead | µs per test |"
     ),
+    "plugin_parts": "| part | plain pytest | --testengine (null sink) | --testengine-output file |",
     "plugin_memory": "| tests | plain pytest | --testengine | difference |",
     "end_of_run": "| candidate | last test to exit | beyond plain pytest |",
     "collector_ingest": "| clients | collector | accepted results/s |",
@@ -36,6 +37,11 @@ ROWS = {
         "--junitxml",
         "pytest-reportlog",
         "buildkite-test-collector",
+    ],
+    "plugin_parts": [
+        "the recording hook, all its calls",
+        "cyclic garbage collector, whole session",
+        "full collections, each run",
     ],
     "end_of_run": [
         "--testengine, healthy collector",
