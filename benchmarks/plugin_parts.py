@@ -10,9 +10,9 @@ of 4-5 s on a shared machine: its rounds spread by several percent.  This script
 plugin's parts from inside the run instead: a probe plugin (``-p``, written by this script)
 wraps them with ``time.perf_counter()`` on pytest's main thread, and counts the cyclic
 garbage collector's work during the session (``gc.callbacks``), which the plugin's objects
-change for the whole run.  The wrappers cost a little themselves (two clock reads per call);
-the figures are for comparing one version of the plugin with another on the same machine,
-not for adding up to the overhead.
+change for the whole run.  The wrappers cost a little themselves (a thread check and two
+clock reads per call): the figures are for comparing one version of the plugin with another
+on the same machine, not for adding up to the overhead.
 
 Candidates, run alternately (the same generated suite as ``plugin_overhead.py``): plain
 pytest (for the garbage collector's baseline), ``--testengine`` sending to a loopback server
@@ -158,6 +158,10 @@ def measure(tests: int, runs: int) -> str:
             warmup=0,
             progress=harness.log,
         )
+    for name in candidates:  # the probe must have seen the plugin's parts where it runs
+        seen = {key for probe in found[name] for key in probe}
+        if name != "plain pytest" and not {"hook", "import", "start", "finish"} <= seen:
+            raise RuntimeError(f"{name}: the probe timed none of {sorted(seen)}")
     rows = []
     for label, key in PARTS:
         cells = []
@@ -165,7 +169,8 @@ def measure(tests: int, runs: int) -> str:
             if name == "plain pytest" and key != "gc":
                 cells.append("-")
                 continue
-            ms = [probe.get(key, 0.0) * 1000 for probe in found[name]]  # 0: never called
+            # 0: not called in the hook (no full batch in a tiny suite)
+            ms = [probe.get(key, 0.0) * 1000 for probe in found[name]]
             cells.append(harness.Spread.of(ms).fmt(" ms", 1))
         rows.append((label, *cells))
     fulls = [
