@@ -13,7 +13,11 @@ Outcome rules, matching pytest's own counting:
   ``xfailed``;
 - teardown failed after a passing test -> ``error`` (``when="teardown"``);
 - a failed attempt that pytest-rerunfailures reruns (outcome ``rerun``) -> ``failed``/``error``,
-  and the next execution of the same test gets ``attempt`` + 1.
+  and the next execution of the same test gets ``attempt`` + 1;
+- subtests (pytest's ``subtests`` fixture, pytest-subtests): a subtest's report never decides
+  the outcome (pytest counts a test whose subtest skipped or xfailed as passed); the failure of
+  each failed subtest is added to the test's message after pytest's own ("contains 1 failed
+  subtest"), and a test that passed although a subtest failed is ``failed``.
 """
 
 from __future__ import annotations
@@ -97,6 +101,23 @@ def _xfail_reason(report: Any) -> str:
     return reason.removeprefix("reason: ") or "xfail"
 
 
+def _is_subtest(context: Any) -> bool:
+    """Whether a report's ``context`` is a subtest's (pytest's SubtestContext or
+    pytest-subtests' SubTestContext): its message and keyword arguments."""
+    return hasattr(context, "msg") and hasattr(context, "kwargs")
+
+
+def _subtest_name(context: Any) -> str:
+    """``[msg] (k=v, ...)``, as pytest names a subtest in its summary."""
+    parts = []
+    if context.msg is not None:
+        parts.append(f"[{context.msg}]")
+    kwargs = context.kwargs
+    if kwargs:
+        parts.append("(" + ", ".join(f"{k}={v}" for k, v in dict(kwargs).items()) + ")")
+    return "subtest " + (" ".join(parts) or "(<subtest>)")
+
+
 def _phase_outcome(report: Any, when: str) -> tuple[str, str | None]:
     """(outcome, message) decided by one report, or ("passed", None)."""
     outcome = report.outcome
@@ -174,7 +195,10 @@ class Assembler:
             when, last = "call", True
         result[when] = attrs["duration"]
         if attrs["outcome"] != "passed" or "wasxfail" in attrs:
-            self._apply(result, report, when)
+            if "context" in attrs and when == "call" and _is_subtest(attrs["context"]):
+                self._subtest(result, report, attrs["context"])
+            else:
+                self._apply(result, report, when)
         if not last:
             return None
         del self._open[key]
@@ -199,6 +223,8 @@ class Assembler:
         if "_rerun" in result:
             del result["_rerun"]
             self._reruns[nodeid] = self._reruns.get(nodeid, 0) + 1
+        if "_subtests" in result:
+            self._add_subtests(result, result.pop("_subtests"))
         return result
 
     def collect_report(self, report: Any) -> dict[str, Any] | None:
@@ -272,6 +298,21 @@ class Assembler:
         result["when"] = when
         if message is not None:
             result["message"] = truncate(message, self.message_limit)
+
+    def _subtest(self, result: dict[str, Any], report: Any, context: Any) -> None:
+        """Keep the failure of a failed subtest for the test's message (see the module's
+        docstring); a skipped or xfailed subtest leaves the result as it is."""
+        if report.outcome != "failed":
+            return
+        failure = f"{_subtest_name(context)}\n{_failure_text(report)}"
+        result.setdefault("_subtests", []).append(truncate(failure, self.message_limit))
+
+    def _add_subtests(self, result: dict[str, Any], failures: list[str]) -> None:
+        if result["outcome"] not in ("failed", "error"):  # pytest < 9 passed such a test
+            result["outcome"], result["when"], result["message"] = "failed", "call", None
+        count = len(failures)
+        head = result["message"] or f"contains {count} failed subtest{'s' if count > 1 else ''}"
+        result["message"] = truncate("\n\n".join([head, *failures]), self.message_limit)
 
     def _limit(self, nodeid: str, tags: Any) -> dict[str, str]:
         clean = {str(k): str(v) for k, v in dict(tags).items()}

@@ -316,6 +316,47 @@ def test_reruns_are_recorded_as_attempts_with_their_own_ids(
     assert steady["attempt"] == 1
 
 
+@pytest.mark.skipif(
+    int(pytest.__version__.split(".")[0]) < 9, reason="the subtests fixture is pytest >= 9"
+)
+@pytest.mark.parametrize("xdist", [[], ["-n", "2"]], ids=["plain", "xdist"])
+def test_subtests_count_as_pytest_counts_them_and_their_failures_are_kept(
+    pytester: pytest.Pytester, collector: CollectorProcess, xdist: list[str]
+) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        def test_checks(subtests):
+            for i in range(3):
+                with subtests.test(msg="value", i=i):
+                    assert i != 1, f"value was {i}"
+
+        def test_skips_one(subtests):
+            with subtests.test(i=0):
+                pytest.skip("not here")
+            with subtests.test(i=1):
+                pytest.xfail("known")
+        """
+    )
+    run = pytester.runpytest_subprocess("--testengine", "-p", "no:cacheprovider", *xdist)
+    assert run.ret == pytest.ExitCode.TESTS_FAILED
+    results = by_nodeid(stored(collector, 2))
+    assert {nodeid: r["outcome"] for nodeid, r in results.items()} == {
+        "test_subtests_count_as_pytest_counts_them_and_their_failures_are_kept.py::test_checks": (
+            "failed"
+        ),
+        "test_subtests_count_as_pytest_counts_them_and_their_failures_are_kept.py"
+        "::test_skips_one": "passed",  # as pytest counts it: PASSED, SUBSKIPPED, SUBXFAIL
+    }
+    (checks,) = (r for r in results.values() if r["nodeid"].endswith("::test_checks"))
+    message = checks["message"]
+    assert "contains 1 failed subtest\n\nsubtest [value] (i=" in message  # xdist: (i='1')
+    assert "AssertionError: value was 1" in message
+    assert "value was 0" not in message
+    assert "value was 2" not in message
+
+
 def test_a_broken_tags_hook_becomes_an_error_tag_not_a_failure(
     pytester: pytest.Pytester, collector: CollectorProcess
 ) -> None:

@@ -212,6 +212,74 @@ def test_reruns_count_attempts() -> None:
     assert "_rerun" not in first
 
 
+def subtest(
+    outcome: str, msg: str | None = None, *, attrs: dict[str, Any] | None = None, **kwargs: Any
+) -> SimpleNamespace:
+    """A subtest's report: a call report with the subtest's context (``kwargs``)."""
+    extra: dict[str, Any] = {"context": SimpleNamespace(msg=msg, kwargs=kwargs), **(attrs or {})}
+    if outcome == "failed":
+        extra.update(longrepr="E", longreprtext=f"E   AssertionError: {msg} {kwargs}")
+    elif outcome == "skipped":
+        extra.update(longrepr=("tests/test_a.py", 10, "Skipped: not here"))
+    return report("call", outcome, **extra)
+
+
+@pytest.mark.parametrize(
+    "subtests",
+    [
+        pytest.param([subtest("skipped", i=0)], id="skipped"),
+        pytest.param([subtest("skipped", i=0, attrs={"wasxfail": "reason: known"})], id="xfailed"),
+        pytest.param([subtest("passed", i=0, attrs={"wasxfail": ""})], id="xpassed"),
+        pytest.param([subtest("passed", i=0), subtest("skipped", i=1)], id="passed-skipped"),
+    ],
+)
+def test_subtests_that_did_not_fail_leave_the_test_passed(
+    subtests: list[SimpleNamespace],
+) -> None:
+    result = run(report("setup"), *subtests, report("call"), report("teardown"))
+    assert (result["outcome"], result["when"], result["message"]) == ("passed", None, None)
+    assert result["call"] == 0.2  # the test's own call report, not a subtest's
+
+
+def test_failed_subtests_are_added_to_the_tests_failure() -> None:
+    # pytest >= 9 fails the test itself when a subtest failed
+    final = report("call", "failed", longrepr="x", longreprtext="contains 2 failed subtests")
+    failures = [subtest("failed", "check", i=1), subtest("passed", i=2), subtest("failed", j="x")]
+    result = run(report("setup"), *failures, final, report("teardown"))
+    assert (result["outcome"], result["when"]) == ("failed", "call")
+    assert result["message"] == (
+        "contains 2 failed subtests"
+        "\n\nsubtest [check] (i=1)\nE   AssertionError: check {'i': 1}"
+        "\n\nsubtest (j=x)\nE   AssertionError: None {'j': 'x'}"
+    )
+    assert result["call"] == 0.2
+    assert "_subtests" not in result
+
+
+def test_a_test_passed_although_a_subtest_failed_is_failed() -> None:
+    # pytest-subtests before pytest 9 passed the test itself
+    result = run(report("setup"), subtest("failed"), report("call"), report("teardown"))
+    assert (result["outcome"], result["when"]) == ("failed", "call")
+    assert result["message"] == (
+        "contains 1 failed subtest\n\nsubtest (<subtest>)\nE   AssertionError: None {}"
+    )
+
+
+def test_a_subtests_failures_are_truncated_at_the_limit() -> None:
+    failures = [subtest("failed", "x" * 300, i=i) for i in range(5)]
+    result = run(
+        report("setup"),
+        *failures,
+        report("call"),
+        report("teardown"),
+        assembler=Assembler(message_limit=200),
+    )
+    assert result["outcome"] == "failed"
+    assert len(result["message"]) == 200
+    assert result["message"].startswith("contains 5 failed subtests\n\nsubtest [xxx")
+    assert result["message"].endswith("{'i': 4}")
+
+
 def test_a_crashed_worker_report_finishes_the_execution_at_once() -> None:
     crash = report(
         "???",
