@@ -90,7 +90,10 @@ def pytest_configure(config):
     from pytest_testengine import capture, recording, sender
 
     _add("import", since)
-    _timed(recording.Recorder, "pytest_runtest_logreport", "hook", hook=True)
+    if hasattr(recording.Recorder, "pytest_runtest_logreport"):  # before the feeder
+        _timed(recording.Recorder, "pytest_runtest_logreport", "hook", hook=True)
+    else:  # the sender's submit is the hook (registered once the sender started)
+        _timed(sender.Sender, "submit", "hook", hook=True)
     _timed(capture.Assembler, "convert", "convert", inside=True)
     _timed(sender.Sender, "_prepare", "prepare", inside=True)
     _timed(recording.Recorder, "start", "start")

@@ -88,18 +88,18 @@ def _register_sharder(config: pytest.Config, settings: Settings, split: SplitSpe
 def _register_recording(config: pytest.Config, settings: Settings, *, waits_for_plan: bool) -> None:
     from pytest_testengine import tagging
 
-    tagger = tagging.Tagger()
+    tagger = tagging.Tagger(config.pluginmanager)
     config.stash[TAGGER] = tagger
     config.pluginmanager.register(tagger, "testengine-tagger")
-    if hasattr(config, "workerinput"):  # an xdist worker: tags travel on the reports
-        config.pluginmanager.register(tagging.WorkerTagger(tagger), "testengine-worker-tagger")
-    else:  # results are sent from here (only now: the sender and transport cost imports)
+    # on an xdist worker, tags travel on the reports; results are sent from the main process
+    # or the controller (only imported there: the sender and transport cost imports)
+    if not hasattr(config, "workerinput"):
         from pytest_testengine import recording
 
-        recorder = recording.Recorder(config, settings, tagger)
+        recorder = recording.Recorder(config, settings)
         recorder.wait_for_plan = waits_for_plan
         config.stash[RECORDER] = recorder
-        config.pluginmanager.register(recorder, "testengine-recorder")
+        recorder.register()
 
 
 @pytest.fixture
@@ -111,7 +111,7 @@ def testengine_tags(request: pytest.FixtureRequest) -> Callable[..., None]:
     """
     tagger = request.config.stash.get(TAGGER, None)
     # recording off: the tags go nowhere, the test runs the same
-    tags = tagger.runtime.setdefault(request.node.nodeid, {}) if tagger is not None else {}
+    tags = tagger.runtime_tags(request.node.nodeid) if tagger is not None else {}
 
     def add(key: str | None = None, value: object = None, /, **more: object) -> None:
         if key is not None:

@@ -5,6 +5,10 @@ controller, never a worker; see ``plugin.pytest_configure``).
 them into results and delivers them) and prints one summary line at the end.  Tags are put on
 the reports by :mod:`pytest_testengine.tagging`.
 
+Test reports, three per test, take the shortest way: once the sender has started (at the
+first report at the latest), its ``submit`` itself is the ``pytest_runtest_logreport`` hook
+(:class:`_Feeder`), one call per report; until then :class:`_Starter` takes the first one.
+
 It lets no exception escape into pytest: a problem of the plugin becomes part of the
 summary line, and pytest's exit status stays pytest's own.
 """
@@ -16,6 +20,7 @@ import shlex
 import sys
 import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -27,10 +32,12 @@ from pytest_testengine.config import Settings
 from pytest_testengine.output import OutputFile
 from pytest_testengine.sender import Policy, Sender, Summary
 from pytest_testengine.spool import Spool
-from pytest_testengine.tagging import Tagger
 from pytest_testengine.tags import Limits, default_tags, limit_tags
 
 PREFIX: Final = "[testengine]"
+RECORDER: Final = "testengine-recorder"
+STARTER: Final = "testengine-starter"
+FEEDER: Final = "testengine-feeder"
 DROPPED_HELP: Final = "docs/troubleshooting.md#results-were-dropped"
 
 
@@ -96,12 +103,9 @@ def summary_line(summary: Summary, tag_notes: list[str], tag_note_count: int) ->
 class Recorder:
     """Records every result of the session and delivers it."""
 
-    def __init__(
-        self, config: pytest.Config, settings: Settings, tagger: Tagger | None = None
-    ) -> None:
+    def __init__(self, config: pytest.Config, settings: Settings) -> None:
         self.config = config
         self.settings = settings
-        self.tagger = tagger
         self.assembler = Assembler(
             message_limit=settings.message_limit,
             limits=Limits(settings.max_tags, settings.max_tag_length),
@@ -118,6 +122,23 @@ class Recorder:
         self._started = False
         self._early: list[pytest.CollectReport] = []  # collection reports before the start
         self._start_lock = threading.Lock()
+
+    def register(self) -> None:
+        """Register the recorder and the hook that takes the first test report."""
+        manager = self.config.pluginmanager
+        manager.register(self, RECORDER)
+        manager.register(_Starter(self), STARTER)
+
+    def first_report(self, report: pytest.TestReport) -> None:
+        """Start (if the plan has not started it), and from now on let the sender's ``submit``
+        take the reports as the hook itself.  Called on the main thread, like every hook."""
+        self._start_once()
+        manager = self.config.pluginmanager
+        manager.unregister(name=STARTER)
+        sender = self.sender
+        if sender is not None:
+            manager.register(_Feeder(sender.submit), FEEDER)
+            sender.submit(report)  # the feeder takes the next report, not this one
 
     def set_shard(self, plan_id: str | None, index: int, total: int) -> None:
         """The split plan this session runs (called once the plan is known)."""
@@ -187,17 +208,6 @@ class Recorder:
         if not self.wait_for_plan:
             self._start_once()
 
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        # the hot path, three times per test: hand the report over; the sender turns reports
-        # into results a batch at a time (see Sender.submit and Assembler.convert)
-        if not self._started:
-            self._start_once()
-        if self.tagger is not None and report.when == "teardown":
-            self.tagger.attach(report)
-        sender = self.sender
-        if sender is not None:
-            sender.submit(report)
-
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
         if report.outcome == "passed":
             return  # only failed or skipped collections are results
@@ -224,6 +234,10 @@ class Recorder:
     def finish(self) -> None:
         """Flush and close the sender (at most the flush deadline) and compose the summary."""
         self._start_once()  # a session that ended before its plan still delivers its results
+        manager = self.config.pluginmanager
+        for name in (STARTER, FEEDER):  # reports after the end would go nowhere
+            if manager.has_plugin(name):
+                manager.unregister(name=name)
         sender, self.sender = self.sender, None
         if sender is None:
             if self.errors and self.line is None:
@@ -241,3 +255,22 @@ class Recorder:
         if self.line is not None and not self._printed:
             self._printed = True
             write_line(self.line)
+
+
+class _Starter:
+    """Takes the first test report for the recorder (see :meth:`Recorder.first_report`)."""
+
+    def __init__(self, recorder: Recorder) -> None:
+        self.recorder = recorder
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self.recorder.first_report(report)
+
+
+class _Feeder:
+    """The sender's ``submit`` as the ``pytest_runtest_logreport`` hook: the hot path, three
+    times per test, in one call (the sender turns reports into results a batch at a time;
+    see Sender.submit and Assembler.convert)."""
+
+    def __init__(self, submit: Callable[[pytest.TestReport], None]) -> None:
+        self.pytest_runtest_logreport = submit

@@ -248,9 +248,9 @@ class Sender:
         self._thread = threading.Thread(target=self._loop, name="testengine-sender", daemon=True)
         self._thread.start()
 
-    def submit(self, item: Any) -> None:
-        """Queue one result, or one item of the converter (cheap: called from the pytest
-        hooks).
+    def submit(self, report: Any) -> None:
+        """Queue one result, or one item of the converter (a pytest report: this method is
+        the ``pytest_runtest_logreport`` hook itself, hence the argument's name; cheap).
 
         Items are converted, and full batches encoded, here, a batch's worth at a time: that
         is cheap in a tight loop, and the sender thread, which then only compresses (without
@@ -262,7 +262,7 @@ class Sender:
             self._pending_since = self.clock.now()
             if not self._ready:
                 self._oldest = self._pending_since
-        pending.append(item)
+        pending.append(report)
         size = self.policy.batch_size
         if len(pending) >= size:
             with self._convert_lock:  # the sender thread may take due results meanwhile

@@ -8,6 +8,7 @@ imports this module and not the sender's.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Final
 
 import pytest
 
@@ -39,27 +40,44 @@ def marked_tags(items: Iterable[pytest.Item]) -> dict[str, dict[str, str]]:
     return tags
 
 
+REPORT_TAGGER: Final = "testengine-report-tagger"
+
+
 class Tagger:
     """The tags of each test, put on its teardown report where the test runs (the main
     process or an xdist worker: pytest-xdist serialises the attribute to the controller).
 
     Marker tags are read once, when collection ends; the ``testengine_tags`` fixture writes
     into :attr:`runtime` while the test runs; the ``pytest_testengine_tags`` hook, when some
-    plugin implements it, is asked as the test's teardown starts (:class:`HookTagger`).  A run
-    without tags pays one check per teardown report and no per-test hook.
+    plugin implements it, is asked as the test's teardown starts (:class:`HookTagger`).  The
+    reports are tagged by :class:`ReportTagger`, registered only once some test has tags: a
+    run without tags has no per-report hook of its own here.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, pluginmanager: pytest.PytestPluginManager) -> None:
         self.marked: dict[str, dict[str, str]] = {}
         #: Tags of the fixture and the hook, by node id, until the test's teardown report.
         self.runtime: dict[str, dict[str, str]] = {}
+        self._pluginmanager = pluginmanager
 
     @pytest.hookimpl(trylast=True)  # after collection_finish hooks that add markers
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         self.marked = marked_tags(session.items)
-        config = session.config
-        if config.hook.pytest_testengine_tags.get_hookimpls():
-            config.pluginmanager.register(HookTagger(self), "testengine-hook-tagger")
+        if session.config.hook.pytest_testengine_tags.get_hookimpls():
+            self._pluginmanager.register(HookTagger(self), "testengine-hook-tagger")
+            self.tag_reports()
+        elif self.marked:
+            self.tag_reports()
+
+    def runtime_tags(self, nodeid: str) -> dict[str, str]:
+        """The run-time tags of a test, to add to (the ``testengine_tags`` fixture)."""
+        self.tag_reports()
+        return self.runtime.setdefault(nodeid, {})
+
+    def tag_reports(self) -> None:
+        """Tag teardown reports from now on (the first time some test may have tags)."""
+        if not self._pluginmanager.has_plugin(REPORT_TAGGER):
+            self._pluginmanager.register(ReportTagger(self), REPORT_TAGGER)
 
     def attach(self, report: pytest.TestReport) -> None:
         """Put the test's tags on its teardown report (markers, then hook, then fixture)."""
@@ -98,8 +116,9 @@ class HookTagger:
             runtime[item.nodeid] = tags
 
 
-class WorkerTagger:
-    """On an xdist worker: tags go on the teardown report before xdist sends it."""
+class ReportTagger:
+    """Puts the tags on each teardown report before it is recorded or, on an xdist worker,
+    sent to the controller (first: the sender may convert the report in its own hook)."""
 
     def __init__(self, tagger: Tagger) -> None:
         self.tagger = tagger

@@ -467,6 +467,43 @@ def test_the_tags_hook_is_asked_only_when_a_plugin_implements_it(
     assert orjson.loads(line)["result"]["tags"] == ({"k": "v"} if implemented else {})
 
 
+def test_reports_take_one_hook_of_the_plugin_and_tags_one_more_once_a_test_has_tags(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makeconftest(
+        """
+        def pytest_unconfigure(config):
+            with open("after.txt", "w") as out:
+                out.write(repr(hooks_of(config)))
+
+        def hooks_of(config):
+            impls = config.hook.pytest_runtest_logreport.get_hookimpls()
+            return sorted(i.plugin_name for i in impls if i.plugin_name.startswith("testengine"))
+        """
+    )
+    pytester.makepyfile(
+        """
+        from conftest import hooks_of
+
+        def test_untagged(request):
+            assert hooks_of(request.config) == ["testengine-feeder"]
+
+        def test_tagged(request, testengine_tags):
+            testengine_tags(k="v")
+            assert hooks_of(request.config) == ["testengine-feeder", "testengine-report-tagger"]
+
+        def test_after(request):
+            assert hooks_of(request.config) == ["testengine-feeder", "testengine-report-tagger"]
+        """
+    )
+    out = pytester.path / "results.jsonl"
+    run = pytester.runpytest_subprocess(f"--testengine-output={out}", "-p", "no:cacheprovider")
+    run.assert_outcomes(passed=3)
+    assert (pytester.path / "after.txt").read_text() == "['testengine-report-tagger']"
+    tags = [orjson.loads(line)["result"]["tags"] for line in out.read_bytes().splitlines()[1:]]
+    assert tags == [{}, {"k": "v"}, {}]
+
+
 def test_a_marker_added_while_the_test_runs_is_not_a_tag(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         """
