@@ -4,8 +4,8 @@ it off).
 The settings are resolved once, in ``pytest_configure``, and kept in ``config.stash``.  Only
 when recording is on (``--testengine`` or ``--testengine-output``) does the plugin register its
 objects (see :mod:`pytest_testengine.recording`); otherwise it costs nothing: no thread, no
-socket, no per-test hook.  With pytest-xdist, workers only tag their reports and the controller
-records and sends every result once.
+socket, no per-test hook.  With pytest-xdist, workers only tag their reports (once some test
+has tags) and the controller records and sends every result once.
 """
 
 from __future__ import annotations
