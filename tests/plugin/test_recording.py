@@ -325,6 +325,8 @@ def test_subtests_count_as_pytest_counts_them_and_their_failures_are_kept(
 ) -> None:
     pytester.makepyfile(
         """
+        import unittest
+
         import pytest
 
         def test_checks(subtests):
@@ -337,19 +339,27 @@ def test_subtests_count_as_pytest_counts_them_and_their_failures_are_kept(
                 pytest.skip("not here")
             with subtests.test(i=1):
                 pytest.xfail("known")
+
+        class TestCase(unittest.TestCase):
+            def test_sub(self):  # pytest counts it passed, and its subtest failed
+                for i in range(2):
+                    with self.subTest(i=i):
+                        self.assertEqual(i, 0)
         """
     )
     run = pytester.runpytest_subprocess("--testengine", "-p", "no:cacheprovider", *xdist)
     assert run.ret == pytest.ExitCode.TESTS_FAILED
-    results = by_nodeid(stored(collector, 2))
+    results = by_nodeid(stored(collector, 3))
+    mod = "test_subtests_count_as_pytest_counts_them_and_their_failures_are_kept.py"
     assert {nodeid: r["outcome"] for nodeid, r in results.items()} == {
-        "test_subtests_count_as_pytest_counts_them_and_their_failures_are_kept.py::test_checks": (
-            "failed"
-        ),
-        "test_subtests_count_as_pytest_counts_them_and_their_failures_are_kept.py"
-        "::test_skips_one": "passed",  # as pytest counts it: PASSED, SUBSKIPPED, SUBXFAIL
+        f"{mod}::test_checks": "failed",
+        f"{mod}::test_skips_one": "passed",  # as pytest counts it: PASSED, SUBSKIPPED, SUBXFAIL
+        f"{mod}::TestCase::test_sub": "failed",  # the run failed: its one result must say so
     }
-    (checks,) = (r for r in results.values() if r["nodeid"].endswith("::test_checks"))
+    unittest_case = results[f"{mod}::TestCase::test_sub"]
+    assert unittest_case["message"].startswith("contains 1 failed subtest\n\nsubtest (i=")
+    assert "AssertionError: 1 != 0" in unittest_case["message"]
+    checks = results[f"{mod}::test_checks"]
     message = checks["message"]
     assert "contains 1 failed subtest\n\nsubtest [value] (i=" in message  # xdist: (i='1')
     assert "AssertionError: value was 1" in message
