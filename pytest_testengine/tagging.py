@@ -18,25 +18,34 @@ from pytest_testengine.tags import MARKER, REPORT_ATTR, marker_tags
 def marked_tags(items: Iterable[pytest.Item]) -> dict[str, dict[str, str]]:
     """The ``testengine`` marker tags of each item that has any, by node id.
 
-    Each node's own markers are looked at once (modules and classes are shared by many
+    Each collector's own markers are looked at once (modules and classes are shared by many
     items), so a suite without the marker costs one short scan per item."""
-    marked: dict[int, bool] = {}
+    collectors: dict[int, bool] = {}  # id of a collector -> it or a parent has the marker
 
-    def has_marker(node: pytest.Item | pytest.Collector | None) -> bool:
+    def collector_marked(node: pytest.Item | pytest.Collector | None) -> bool:
         if node is None:
             return False
-        found = marked.get(id(node))
+        found = collectors.get(id(node))
         if found is None:
             found = any(mark.name == MARKER for mark in node.own_markers)
-            found = marked[id(node)] = found or has_marker(node.parent)
+            found = collectors[id(node)] = found or collector_marked(node.parent)
         return found
 
     tags = {}
-    for item in items:
-        if has_marker(item):
-            found = marker_tags(item.iter_markers(MARKER))
-            if found:
-                tags[item.nodeid] = found
+    for item in items:  # the hot loop: no call per item unless its parent is new
+        parent = item.parent
+        found = collectors.get(id(parent))
+        if found is None:
+            found = collector_marked(parent)
+        if not found:
+            for mark in item.own_markers:
+                if mark.name == MARKER:
+                    found = True
+                    break
+        if found:
+            marks = marker_tags(item.iter_markers(MARKER))
+            if marks:
+                tags[item.nodeid] = marks
     return tags
 
 
