@@ -14,10 +14,11 @@ Outcome rules, matching pytest's own counting:
 - teardown failed after a passing test -> ``error`` (``when="teardown"``);
 - a failed attempt that pytest-rerunfailures reruns (outcome ``rerun``) -> ``failed``/``error``,
   and the next execution of the same test gets ``attempt`` + 1;
-- subtests (pytest's ``subtests`` fixture, pytest-subtests): a subtest's report never decides
-  the outcome (pytest counts a test whose subtest skipped or xfailed as passed); the failure of
-  each failed subtest is added to the test's message after pytest's own ("contains 1 failed
-  subtest"), and a test that passed although a subtest failed is ``failed``.
+- subtests (pytest's ``subtests`` fixture, unittest's ``subTest``, pytest-subtests): a
+  subtest's report never decides the outcome (pytest counts a test whose subtest skipped or
+  xfailed as passed); the failure of each failed subtest is added to the test's message after
+  pytest's own ("contains 1 failed subtest"), and a test that passed although a subtest failed
+  is ``failed``.
 """
 
 from __future__ import annotations
@@ -308,7 +309,9 @@ class Assembler:
         result.setdefault("_subtests", []).append(truncate(failure, self.message_limit))
 
     def _add_subtests(self, result: dict[str, Any], failures: list[str]) -> None:
-        if result["outcome"] not in ("failed", "error"):  # pytest < 9 passed such a test
+        # pytest reports a unittest case passed although its subTest failed: the run failed,
+        # and the case's one result has to say so
+        if result["outcome"] not in ("failed", "error"):
             result["outcome"], result["when"], result["message"] = "failed", "call", None
         count = len(failures)
         head = result["message"] or f"contains {count} failed subtest{'s' if count > 1 else ''}"
