@@ -253,14 +253,16 @@ def workdir(prefix: str) -> Iterator[Path]:
 def write_suite(
     root: Path, tests: int, files: int = 200, *, sleep: float = 0.0, failing: bool = True
 ) -> int:
-    """Write a suite of about ``tests`` trivial tests in ``files`` files: plain functions,
-    parametrized ones, 1% failing (unless not ``failing``), 2% skipped.  Returns the exact
-    number of tests."""
+    """Write a suite of about ``tests`` trivial tests in ``files`` files: half plain
+    functions, half one parametrized function per file; 1% of all tests failing (unless not
+    ``failing``) and 2% skipped, spread over the files (counted across the suite, so a suite
+    of any size has them).  Returns the exact number of tests."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "pytest.ini").write_text("[pytest]\n")
     per_file = max(1, tests // files)
     body = f"time.sleep({sleep!r})\n    " if sleep else ""
     total = 0
+    functions = 0  # plain functions so far: 2% of them fail, 4% are skipped
     for f in range(files):
         n = per_file if f < files - 1 else tests - per_file * (files - 1)
         if n <= 0:
@@ -269,9 +271,10 @@ def write_suite(
         plain = n // 2
         param = n - plain
         for i in range(plain):
-            if failing and i % 100 == 37:
+            k, functions = functions, functions + 1
+            if failing and k % 50 == 18:
                 lines.append(f"def test_fail_{i}():\n    {body}assert {i} == {i + 1}\n")
-            elif i % 50 == 11:
+            elif k % 25 == 11:
                 lines.append(
                     f"@pytest.mark.skip(reason='not here')\ndef test_skip_{i}():\n    pass\n"
                 )
