@@ -15,6 +15,11 @@ import pytest
 from pytest_testengine.tags import MARKER, REPORT_ATTR, marker_tags
 
 
+def _own_marker(node: pytest.Item | pytest.Collector) -> bool:
+    """Whether ``node`` itself carries the ``testengine`` marker."""
+    return any(mark.name == MARKER for mark in node.own_markers)
+
+
 def marked_tags(items: Iterable[pytest.Item]) -> dict[str, dict[str, str]]:
     """The ``testengine`` marker tags of each item that has any, by node id.
 
@@ -22,27 +27,21 @@ def marked_tags(items: Iterable[pytest.Item]) -> dict[str, dict[str, str]]:
     items), so a suite without the marker costs one short scan per item."""
     collectors: dict[int, bool] = {}  # id of a collector -> it or a parent has the marker
 
-    def collector_marked(node: pytest.Item | pytest.Collector | None) -> bool:
+    def collector_marked(node: pytest.Collector | None) -> bool:
         if node is None:
             return False
         found = collectors.get(id(node))
         if found is None:
-            found = any(mark.name == MARKER for mark in node.own_markers)
-            found = collectors[id(node)] = found or collector_marked(node.parent)
+            found = collectors[id(node)] = _own_marker(node) or collector_marked(node.parent)
         return found
 
     tags = {}
-    for item in items:  # the hot loop: no call per item unless its parent is new
+    for item in items:
         parent = item.parent
-        found = collectors.get(id(parent))
+        found = collectors.get(id(parent))  # known after the first item of each parent
         if found is None:
             found = collector_marked(parent)
-        if not found:
-            for mark in item.own_markers:
-                if mark.name == MARKER:
-                    found = True
-                    break
-        if found:
+        if found or _own_marker(item):
             marks = marker_tags(item.iter_markers(MARKER))
             if marks:
                 tags[item.nodeid] = marks
@@ -72,10 +71,10 @@ class Tagger:
     @pytest.hookimpl(trylast=True)  # after collection_finish hooks that add markers
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         self.marked = marked_tags(session.items)
-        if session.config.hook.pytest_testengine_tags.get_hookimpls():
+        hooked = bool(session.config.hook.pytest_testengine_tags.get_hookimpls())
+        if hooked:
             self._pluginmanager.register(HookTagger(self), "testengine-hook-tagger")
-            self.tag_reports()
-        elif self.marked:
+        if hooked or self.marked:
             self.tag_reports()
 
     def runtime_tags(self, nodeid: str) -> dict[str, str]:
